@@ -1,0 +1,150 @@
+"""The ``liver-node`` command: serve, worker, echo, send, status, phantom.
+
+Exit status: 0 success, 1 operation failed, 2 bad configuration or usage.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, Destination, Settings, load_settings
+from .logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML settings file (default: built-in defaults)")
+    p.add_argument("--data-dir", help="spool, index and results folder")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liver-node", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the DICOM node (receiver, scheduler, metrics and the inference worker)")
+    _config_args(p)
+    p.add_argument("--port", type=int, help="DICOM port (0 = pick a free port)")
+    p.add_argument("--ae-title", help="our AE title")
+    p.add_argument("--metrics-port", type=int, help="HTTP port for /metrics, /healthz, /readyz (0 = free port)")
+    p.add_argument("--destination", action="append", help="result destination AE@HOST:PORT (repeatable)")
+    p.add_argument("--quiet-period", type=float, help="seconds without a new instance before a study is ready")
+    p.add_argument("--no-worker", action="store_true", help="do not start the inference worker (run it separately)")
+
+    p = sub.add_parser("worker", help="run the inference worker alone (systemd runs it as its own unit)")
+    _config_args(p)
+
+    p = sub.add_parser("echo", help="C-ECHO a remote AE")
+    p.add_argument("target", help="AE@HOST:PORT")
+    p.add_argument("--calling-ae", default="LIVERNODE")
+
+    p = sub.add_parser("send", help="C-STORE DICOM files or folders to a remote AE")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--to", required=True, help="AE@HOST:PORT")
+    p.add_argument("--calling-ae", default="LIVERNODE")
+
+    p = sub.add_parser("status", help="studies, jobs and spool use from the index")
+    _config_args(p)
+
+    p = sub.add_parser("phantom", help="write synthetic multiphase liver CT studies with ground truth", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["node.data_dir"] = args.data_dir
+    for flag, key in [("port", "node.port"), ("ae_title", "node.ae_title"), ("metrics_port", "metrics.port"),
+                      ("quiet_period", "studies.quiet_period")]:
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "destination", None):
+        overrides["results.destinations"] = args.destination
+    if getattr(args, "no_worker", False):
+        overrides["worker.enabled"] = False
+    return load_settings(args.config, overrides)
+
+
+def _worker_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
+    argv = [sys.executable, "-m", "node.cli", "worker", "--data-dir", str(settings.data_dir), "--log-level", args.log_level]
+    if args.config:
+        argv += ["--config", str(Path(args.config).resolve())]
+    return argv
+
+
+def cmd_status(settings: Settings) -> int:
+    from .index import Index
+
+    db = settings.data_dir / "index.sqlite"
+    if not db.exists():
+        print(f"no index at {db}")
+        return 1
+    index = Index(db)
+    print("studies:", " ".join(f"{k}={v}" for k, v in index.counts_by_state("studies").items()))
+    print("jobs:   ", " ".join(f"{k}={v}" for k, v in index.counts_by_state("jobs").items()))
+    size = index.scalar("SELECT COALESCE(SUM(size), 0) FROM instances")
+    oldest = index.scalar("SELECT MIN(received_at) FROM instances")
+    n = index.scalar("SELECT COUNT(*) FROM instances")
+    age = f"{(time.time() - oldest) / 86400:.1f} days" if oldest else "-"
+    print(f"spool:   instances={n} bytes={size} oldest={age}")
+    for row in index.query("SELECT state, reason, COUNT(*) FROM jobs WHERE state='failed' GROUP BY reason"):
+        print(f"failed jobs: {row[2]} x {row[1]}")
+    index.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["phantom"]:
+        from pipeline.phantom.cli import main as phantom_main
+
+        return phantom_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        if args.command in ("echo", "send"):
+            target = Destination.parse(args.target if args.command == "echo" else args.to, "target")
+        else:
+            settings = _settings(args)
+    except ConfigError as exc:
+        print(f"liver-node: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "serve":
+        from .daemon import serve
+
+        return serve(settings, _worker_argv(args, settings))
+    if args.command == "worker":
+        from .worker import Worker
+
+        return Worker(settings).run()
+    if args.command == "status":
+        return cmd_status(settings)
+    from .scu import SCUError, echo, send
+
+    try:
+        if args.command == "echo":
+            status = echo(target, args.calling_ae)
+            print(f"C-ECHO {target}: status 0x{status:04X}")
+            return 0 if status == 0 else 1
+        report = send(args.paths, target, args.calling_ae)
+    except SCUError as exc:
+        print(f"liver-node: {exc}", file=sys.stderr)
+        return 1
+    for path, why in report.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    for path, why in report.failed:
+        print(f"failed {path}: {why}", file=sys.stderr)
+    print(f"sent={report.sent} failed={len(report.failed)} skipped={len(report.skipped)}")
+    return 0 if not report.failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Typed, validated settings loaded from one TOML file, with command-line overrides.
+
+Every section is a frozen dataclass; a key the dataclass does not name, or a value of the wrong
+type or range, raises ConfigError naming ``section.key`` so start-up stops with a clear message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.phases import Phase, PhaseRules, PhaseRulesError
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``key`` is the dotted name of the offending setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, no control chars
+_DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def validate_ae_title(key: str, value: str) -> str:
+    if not _AE_RE.match(value) or not value.strip():
+        raise ConfigError(key, "must be 1-16 printable characters, no backslash, not all blanks")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A remote DICOM application entity, written AE@HOST:PORT."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, key: str = "destination") -> "Destination":
+        m = _DEST_RE.match(text.strip())
+        if not m:
+            raise ConfigError(key, f"expected AE@HOST:PORT, got {text!r}")
+        port = int(m["port"])
+        if not 1 <= port <= 65535:
+            raise ConfigError(key, f"port {port} out of range 1-65535")
+        return cls(validate_ae_title(key, m["ae"]), m["host"].strip("[]"), port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "LIVERNODE"
+    bind: str = "0.0.0.0"
+    port: int = 11112  # 0 = pick a free port
+    data_dir: str = "var"
+    max_associations: int = 10
+    # Offer a large PDU: pynetdicom is CPU-bound per PDU, so fewer, larger PDUs raise throughput.
+    max_pdu: int = 131072
+    # Largest PDU a peer may send us before we close the connection (guards memory, see reliability notes).
+    max_pdu_accepted: int = 4 * 1024 * 1024
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    # A peer that stalls inside a PDU frees its slot after this many seconds.
+    socket_timeout: float = 30.0
+    min_free_mb: int = 1024
+    extra_sop_classes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    allowed_calling_aets: list[str] = field(default_factory=list)  # empty: any calling AE
+    allowed_hosts: list[str] = field(default_factory=list)  # IPs or CIDR networks; empty: any
+    check_called_aet: bool = True
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    quiet_period: float = 60.0
+    max_wait: float = 1800.0
+    required_phases: list[str] = field(default_factory=lambda: ["AP", "PVP"])
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    bind: str = "127.0.0.1"
+    port: int = 9108  # 0 = pick a free port
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    enabled: bool = True
+    poll_interval: float = 1.0
+    max_attempts: int = 3
+    shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ResultSettings:
+    destinations: list[str] = field(default_factory=list)  # AE@HOST:PORT each
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    studies: StudySettings = field(default_factory=StudySettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    results: ResultSettings = field(default_factory=ResultSettings)
+    phases: PhaseRules = field(default_factory=PhaseRules)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir).resolve()
+
+    @property
+    def destinations(self) -> list[Destination]:
+        return [Destination.parse(d, "results.destinations") for d in self.results.destinations]
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "access": AccessSettings,
+    "studies": StudySettings,
+    "metrics": MetricsSettings,
+    "worker": WorkerSettings,
+    "results": ResultSettings,
+}
+
+
+def _coerce(key: str, annotation: Any, value: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {type(value).__name__}")
+        return [_coerce(f"{key}[{i}]", item_type, v) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(key, "unsupported setting type")  # no optional settings so far
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(key, "unsupported setting type")
+
+
+def _build_section(name: str, cls: type, raw: Mapping[str, Any]) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(name, "expected a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", "unknown setting")
+    values = {k: _coerce(f"{name}.{k}", hints[k], v) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _check_ranges(s: Settings) -> None:
+    def port(key: str, v: int) -> None:
+        if not 0 <= v <= 65535:
+            raise ConfigError(key, f"port {v} out of range 0-65535")
+
+    def positive(key: str, v: float) -> None:
+        if v <= 0:
+            raise ConfigError(key, f"must be > 0, got {v}")
+
+    port("node.port", s.node.port)
+    port("metrics.port", s.metrics.port)
+    validate_ae_title("node.ae_title", s.node.ae_title)
+    for i, ae in enumerate(s.access.allowed_calling_aets):
+        validate_ae_title(f"access.allowed_calling_aets[{i}]", ae)
+    for i, host in enumerate(s.access.allowed_hosts):
+        try:
+            ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            raise ConfigError(f"access.allowed_hosts[{i}]", f"not an IP address or network: {host!r}") from None
+    for key, v in [
+        ("node.max_associations", s.node.max_associations),
+        ("node.acse_timeout", s.node.acse_timeout),
+        ("node.dimse_timeout", s.node.dimse_timeout),
+        ("node.network_timeout", s.node.network_timeout),
+        ("node.socket_timeout", s.node.socket_timeout),
+        ("studies.quiet_period", s.studies.quiet_period),
+        ("studies.max_wait", s.studies.max_wait),
+        ("worker.poll_interval", s.worker.poll_interval),
+        ("worker.max_attempts", s.worker.max_attempts),
+        ("worker.shutdown_timeout", s.worker.shutdown_timeout),
+    ]:
+        positive(key, v)
+    if not 4096 <= s.node.max_pdu <= s.node.max_pdu_accepted:
+        raise ConfigError("node.max_pdu", "must be >= 4096 and <= node.max_pdu_accepted")
+    if s.node.min_free_mb < 0:
+        raise ConfigError("node.min_free_mb", "must be >= 0")
+    if not s.node.data_dir:
+        raise ConfigError("node.data_dir", "must not be empty")
+    for i, phase in enumerate(s.studies.required_phases):
+        if phase not in Phase.__members__:
+            raise ConfigError(f"studies.required_phases[{i}]", f"unknown phase {phase!r}")
+    for i, uid in enumerate(s.node.extra_sop_classes):
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+            raise ConfigError(f"node.extra_sop_classes[{i}]", f"not a UID: {uid!r}")
+    for d in s.results.destinations:
+        Destination.parse(d, "results.destinations")
+
+
+def settings_from_mapping(raw: Mapping[str, Any]) -> Settings:
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "phases":
+            try:
+                sections["phases"] = PhaseRules.from_mapping(value)
+            except PhaseRulesError as exc:
+                raise ConfigError(f"phases.{exc.key}", str(exc)) from None
+            continue
+        if name not in _SECTIONS:
+            raise ConfigError(name, "unknown section")
+        sections[name] = _build_section(name, _SECTIONS[name], value)
+    settings = Settings(**sections)
+    _check_ranges(settings)
+    return settings
+
+
+def load_settings(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read ``path`` (or the built-in defaults when None) and apply ``{"section.key": value}`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"invalid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})
+        raw[section] = {**raw[section], key: value}
+    return settings_from_mapping(raw)

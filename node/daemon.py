@@ -1,0 +1,127 @@
+"""``liver-node serve``: the receiver's lifecycle.
+
+Start order: index and spool (sweep partial receptions), scheduler, study timers recovered from the
+index, DICOM listener, metrics endpoint, then the worker process. Signal handlers only set a flag;
+shutdown runs in a fixed order: stop accepting, drain associations, stop timers, stop the worker
+(which finishes or parks its job), close the index.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .config import Settings
+from .index import Index
+from .jobs import JobQueue
+from .logs import kv
+from .metrics import MetricsServer, NodeMetrics
+from .readiness import ReadinessPolicy
+from .scp import StorageSCP
+from .spool import Spool
+from .studies import StudyAssembler
+from .worker import worker_probe
+from pipeline.phases import Phase
+
+log = logging.getLogger(__name__)
+
+
+def readiness_policy(settings: Settings) -> ReadinessPolicy:
+    s = settings.studies
+    return ReadinessPolicy(
+        quiet_period_s=s.quiet_period,
+        max_wait_s=s.max_wait,
+        required_phases=frozenset(Phase[p] for p in s.required_phases),
+    )
+
+
+class WorkerSupervisor:
+    """Runs ``liver-node worker`` as a child process and restarts it if it dies."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._next_start = 0.0
+
+    def poll(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if self.proc is not None:
+            log.error("%s", kv(event="worker_exited", code=self.proc.returncode, restarts=self.restarts))
+            self.restarts += 1
+            self.proc = None
+            self._next_start = time.monotonic() + min(60.0, 2.0 ** min(self.restarts, 6))
+        if time.monotonic() >= self._next_start:
+            self.proc = subprocess.Popen(self.argv)
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve(settings: Settings, worker_argv: list[str] | None) -> int:
+    data_dir = settings.data_dir
+    os.umask(0o077)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    index = Index(data_dir / "index.sqlite")
+    spool = Spool(data_dir, index, settings.node.min_free_mb << 20)
+    swept = spool.sweep_incoming()
+    metrics = NodeMetrics(index)
+    queue = JobQueue(index, settings.worker.max_attempts)
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1})
+    assembler = StudyAssembler(
+        index, queue, scheduler, readiness_policy(settings), settings.phases,
+        on_ready=lambda uid, waited: metrics.study_ready_seconds.observe(waited),
+    )
+    scp = StorageSCP(settings, spool, metrics, assembler.instance_stored, assembler.association_released)
+
+    def spool_probe() -> tuple[bool, str]:
+        if not os.access(spool.incoming, os.W_OK):
+            return False, "spool not writable"
+        if not spool.has_room():
+            return False, "free space below watermark"
+        return True, "ok"
+
+    probes = [spool_probe] + ([worker_probe(index)] if settings.worker.enabled else [])
+    http = MetricsServer(metrics, settings.metrics.bind, settings.metrics.port, probes)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    scheduler.start()
+    recovered = assembler.recover()
+    dicom_port = scp.start()
+    http.start()
+    print(f"listening dicom={dicom_port} metrics={http.port}", flush=True)
+    log.info("%s", kv(event="started", ae_title=settings.node.ae_title, dicom_port=dicom_port,
+                      metrics_port=http.port, data_dir=data_dir, swept_partial=swept, studies_recovered=recovered))
+    supervisor = WorkerSupervisor(worker_argv) if settings.worker.enabled and worker_argv else None
+    while not stop.is_set():
+        if supervisor is not None:
+            supervisor.poll()
+        stop.wait(1.0)
+
+    log.info("%s", kv(event="stopping", active_associations=scp.active_associations()))
+    scp.shutdown(drain_timeout=settings.worker.shutdown_timeout / 2)
+    scheduler.shutdown(wait=False)
+    if supervisor is not None:
+        supervisor.stop(settings.worker.shutdown_timeout)
+    http.stop()
+    index.close()
+    log.info("%s", kv(event="stopped"))
+    return 0

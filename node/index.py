@@ -1,0 +1,170 @@
+"""The SQLite index: the single source of truth for instances, series, studies and jobs across restarts.
+
+WAL mode with ``synchronous=FULL``: a commit returned means the row survives a crash or a power
+loss, which is what a C-STORE success promises. One connection per process, serialised by a lock,
+because association threads write concurrently and SQLite allows one writer anyway.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,                 -- receiving | ready | done | failed
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    last_assoc TEXT,
+    last_assoc_released INTEGER NOT NULL DEFAULT 0,
+    ready_at REAL,
+    ready_trigger TEXT,
+    revision INTEGER NOT NULL DEFAULT 0, -- bumped by each analysis; late arrivals start a new one
+    completed_at REAL,
+    calling_aet TEXT
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    modality TEXT,
+    description TEXT,
+    series_number INTEGER,
+    image_type TEXT,
+    contrast_agent TEXT,
+    contrast_route TEXT,
+    contrast_start_time TEXT,
+    acquisition_time TEXT,
+    series_time TEXT,
+    protocol_name TEXT,
+    orientation TEXT,
+    phase TEXT,
+    phase_source TEXT,
+    phase_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    instance_number INTEGER,
+    slice_position REAL,
+    received_at REAL NOT NULL,
+    UNIQUE (sop_instance_uid, sha256)
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    state TEXT NOT NULL,                 -- queued | running | done | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    trigger TEXT,
+    reason TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    worker_pid INTEGER,
+    UNIQUE (study_uid, revision)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS workers (
+    pid INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    models_loaded INTEGER NOT NULL DEFAULT 0,
+    status TEXT
+);
+"""
+
+STUDY_STATES = ("receiving", "ready", "done", "failed")
+JOB_STATES = ("queued", "running", "done", "failed")
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    path: str
+    sha256: str
+    size: int
+    transfer_syntax: str
+    instance_number: int | None
+    slice_position: float | None
+    received_at: float
+
+
+class Index:
+    """Thread-safe access to the SQLite index of one data directory."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(str(db_path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the process lock; rolls back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, params: tuple | dict = ()) -> object:
+        rows = self.query(sql, params)
+        return rows[0][0] if rows else None
+
+    def integrity_ok(self) -> bool:
+        return self.scalar("PRAGMA integrity_check") == "ok"
+
+    # --- instances -------------------------------------------------------------------------
+    def find_instance(self, sop_instance_uid: str, sha256: str) -> sqlite3.Row | None:
+        rows = self.query(
+            "SELECT * FROM instances WHERE sop_instance_uid=? AND sha256=?", (sop_instance_uid, sha256)
+        )
+        return rows[0] if rows else None
+
+    def count_versions(self, sop_instance_uid: str) -> int:
+        return int(self.scalar("SELECT COUNT(*) FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)))
+
+    def counts_by_state(self, table: str) -> dict[str, int]:
+        states = {"studies": STUDY_STATES, "jobs": JOB_STATES}[table]
+        counts = {s: 0 for s in states}
+        for row in self.query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"):
+            counts[row[0]] = row[1]
+        return counts
+
+
+def now() -> float:
+    return time.time()

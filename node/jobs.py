@@ -1,0 +1,92 @@
+"""The durable job queue, in the index's SQLite database.
+
+A job is one analysis of one revision of a study. States: queued -> running -> done | failed.
+A job found ``running`` when a worker starts was interrupted by a crash: it is queued again until
+it has used ``max_attempts``, then failed with that reason, so a poison study cannot loop forever.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .index import Index
+from .logs import kv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    study_uid: str
+    revision: int
+    attempts: int
+    trigger: str | None
+
+
+class JobQueue:
+    def __init__(self, index: Index, max_attempts: int = 3) -> None:
+        self.index = index
+        self.max_attempts = max_attempts
+
+    def enqueue_ready_study(self, study_uid: str, trigger: str, now: float) -> int | None:
+        """Mark a receiving study ready and queue its next revision; None if it is no longer receiving."""
+        with self.index.transaction() as c:
+            row = c.execute("SELECT state, revision FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+            if row is None or row["state"] != "receiving":
+                return None
+            revision = row["revision"] + 1
+            c.execute(
+                "UPDATE studies SET state='ready', revision=?, ready_at=?, ready_trigger=? WHERE study_uid=?",
+                (revision, now, trigger, study_uid),
+            )
+            cur = c.execute(
+                "INSERT INTO jobs (study_uid, revision, state, trigger, created) VALUES (?, ?, 'queued', ?, ?)",
+                (study_uid, revision, trigger, now),
+            )
+            return int(cur.lastrowid)
+
+    def claim(self, worker_pid: int, now: float) -> Job | None:
+        with self.index.transaction() as c:
+            row = c.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE jobs SET state='running', attempts=attempts+1, started=?, worker_pid=? WHERE id=?",
+                (now, worker_pid, row["id"]),
+            )
+            return Job(row["id"], row["study_uid"], row["revision"], row["attempts"] + 1, row["trigger"])
+
+    def finish(self, job: Job, ok: bool, reason: str | None, now: float) -> None:
+        state = "done" if ok else "failed"
+        with self.index.transaction() as c:
+            c.execute("UPDATE jobs SET state=?, reason=?, finished=? WHERE id=?", (state, reason, now, job.id))
+            # Only the latest revision moves the study; a late arrival has already reopened it.
+            c.execute(
+                "UPDATE studies SET state=?, completed_at=? WHERE study_uid=? AND revision=? AND state='ready'",
+                (state, now, job.study_uid, job.revision),
+            )
+
+    def park(self, job: Job) -> None:
+        """Give a running job back to the queue (shutdown); the attempt is not counted."""
+        with self.index.transaction() as c:
+            c.execute("UPDATE jobs SET state='queued', attempts=attempts-1, worker_pid=NULL WHERE id=? AND state='running'",
+                      (job.id,))
+
+    def recover_interrupted(self, now: float) -> tuple[int, int]:
+        """Requeue jobs a crashed worker left running; fail those out of attempts. Returns (requeued, failed)."""
+        requeued = failed = 0
+        with self.index.transaction() as c:
+            for row in c.execute("SELECT * FROM jobs WHERE state='running'").fetchall():
+                if row["attempts"] >= self.max_attempts:
+                    reason = f"worker stopped during analysis {row['attempts']} times"
+                    c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=?", (reason, now, row["id"]))
+                    c.execute("UPDATE studies SET state='failed', completed_at=? WHERE study_uid=? AND revision=? AND state='ready'",
+                              (now, row["study_uid"], row["revision"]))
+                    failed += 1
+                else:
+                    c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=?", (row["id"],))
+                    requeued += 1
+        if requeued or failed:
+            log.warning("%s", kv(event="jobs_recovered", requeued=requeued, failed=failed))
+        return requeued, failed

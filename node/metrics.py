@@ -1,0 +1,132 @@
+"""Prometheus metrics and the /metrics, /healthz, /readyz HTTP endpoint.
+
+Label values come from small fixed sets (results, states), never from a UID or patient data.
+State gauges (studies, jobs) are read from the index at scrape time, so they are right across
+processes and restarts without bookkeeping.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import PlatformCollector, ProcessCollector
+
+from .index import Index
+
+log = logging.getLogger(__name__)
+
+INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STUDY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+class IndexStateCollector:
+    """Exports liver_node_studies{state} and liver_node_jobs{state} from the index."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def collect(self):  # noqa: ANN201 - prometheus collector protocol
+        for table, name, doc in [
+            ("studies", "liver_node_studies", "Studies in the index by state"),
+            ("jobs", "liver_node_jobs", "Analysis jobs by state"),
+        ]:
+            family = GaugeMetricFamily(name, doc, labels=["state"])
+            for state, count in self.index.counts_by_state(table).items():
+                family.add_metric([state], count)
+            yield family
+
+
+class NodeMetrics:
+    """All metrics of the receiving process, on a registry of its own (no global state)."""
+
+    def __init__(self, index: Index | None = None) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.instances = Counter(
+            "liver_node_instances_received", "C-STORE requests by outcome", ["result"], registry=self.registry
+        )
+        self.associations = Counter(
+            "liver_node_associations", "Association requests by outcome", ["result"], registry=self.registry
+        )
+        self.ingest_seconds = Histogram(
+            "liver_node_ingest_seconds", "Time to validate, write, fsync and index one instance",
+            buckets=INGEST_BUCKETS, registry=self.registry,
+        )
+        self.study_ready_seconds = Histogram(
+            "liver_node_study_ready_seconds", "First instance received to study ready",
+            buckets=STUDY_BUCKETS, registry=self.registry,
+        )
+        if index is not None:
+            self.registry.register(IndexStateCollector(index))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+Probe = Callable[[], tuple[bool, str]]
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz (process alive) and /readyz (every readiness probe passes)."""
+
+    def __init__(self, metrics: NodeMetrics, bind: str, port: int, readiness: list[Probe]) -> None:
+        self.metrics = metrics
+        self.readiness = readiness
+        handler = self._handler_class()
+        self.httpd = ThreadingHTTPServer((bind, port), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def check_ready(self) -> tuple[bool, list[str]]:
+        problems = []
+        for probe in self.readiness:
+            ok, detail = probe()
+            if not ok:
+                problems.append(detail)
+        return not problems, problems
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, server.metrics.render(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    ok, problems = server.check_ready()
+                    body = b"ready\n" if ok else ("not ready: " + "; ".join(problems) + "\n").encode()
+                    self._reply(200 if ok else 503, body)
+                else:
+                    self._reply(404, b"not found\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server API
+                pass  # scrapes every few seconds would flood the journal
+
+        return Handler

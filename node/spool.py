@@ -1,0 +1,335 @@
+"""Received instances on disk: validated, written atomically, indexed, then acknowledged.
+
+A C-STORE success from this node means: the bytes are fsynced under their final name, the
+directory entry is fsynced, and the index row is committed with ``synchronous=FULL``. Paths are
+built from hashes only, never from a UID or an AE title (the storescp path-traversal CVEs).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from .index import Index, now
+from .logs import kv
+
+log = logging.getLogger(__name__)
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class SpoolError(Exception):
+    """An instance was not stored; ``status`` is the DICOM status to answer with."""
+
+    status = 0xC000
+    label = "invalid"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OutOfSpace(SpoolError):
+    status = 0xA700
+    label = "out_of_resources"
+
+
+class UnreadableDataset(SpoolError):
+    status = 0xC001
+    label = "unreadable"
+
+
+class MissingIdentifiers(SpoolError):
+    status = 0xC002
+    label = "missing_uids"
+
+
+class TruncatedPixelData(SpoolError):
+    status = 0xC003
+    label = "truncated"
+
+
+class InvalidIdentifier(SpoolError):
+    status = 0xC004
+    label = "invalid_uid"
+
+
+class SOPClassMismatch(SpoolError):
+    status = 0xA900  # Error: data set does not match SOP class
+    label = "sop_class_mismatch"
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    study_uid: str
+    duplicate: bool  # identical bytes already stored: nothing written
+    conflict: bool  # same SOP Instance UID with different bytes: both kept
+
+    @property
+    def label(self) -> str:
+        return "duplicate" if self.duplicate else "conflict" if self.conflict else "stored"
+
+
+@dataclass(frozen=True)
+class SeriesFields:
+    modality: str | None
+    description: str | None
+    series_number: int | None
+    image_type: str | None
+    contrast_agent: str | None
+    contrast_route: str | None
+    contrast_start_time: str | None
+    acquisition_time: str | None
+    series_time: str | None
+    protocol_name: str | None
+    orientation: str | None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def slice_position(ds: Dataset) -> float | None:
+    """Position along the slice normal (mm), the sort key for a series."""
+    try:
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if len(iop) != 6 or len(ipp) != 3:
+        return None
+    normal = np.cross(iop[:3], iop[3:])
+    return float(np.dot(normal, ipp))
+
+
+def series_fields(ds: Dataset) -> SeriesFields:
+    return SeriesFields(
+        modality=_text(ds, "Modality"),
+        description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        image_type=_text(ds, "ImageType"),
+        contrast_agent=_text(ds, "ContrastBolusAgent"),
+        contrast_route=_text(ds, "ContrastBolusRoute"),
+        contrast_start_time=_text(ds, "ContrastBolusStartTime"),
+        acquisition_time=_text(ds, "AcquisitionTime"),
+        series_time=_text(ds, "SeriesTime"),
+        protocol_name=_text(ds, "ProtocolName"),
+        orientation=_text(ds, "ImageOrientationPatient"),
+    )
+
+
+def _meta_end(path: Path) -> int:
+    """Offset of the data set after the preamble and the File Meta group written by pynetdicom."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:136] == b"\x02\x00\x00\x00":
+        (group_length,) = struct.unpack("<I", head[140:144])
+        return 144 + group_length
+    return 0
+
+
+def dataset_sha256(path: Path, offset: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_pixel_length(ds: Dataset, file_size: int) -> None:
+    """pydicom accepts truncated native pixel data silently; compare the declared and expected sizes."""
+    raw = ds.get_item(PIXEL_DATA) if PIXEL_DATA in ds else None
+    if raw is None:
+        return
+    length = getattr(raw, "length", None)
+    value_tell = getattr(raw, "value_tell", None)
+    if length is None or length == UNDEFINED_LENGTH:
+        return  # encapsulated: checked when decoded
+    if value_tell is not None and value_tell + length > file_size:
+        raise TruncatedPixelData(f"pixel data declares {length} bytes but the file ends {value_tell + length - file_size} bytes early")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise UnreadableDataset("image pixel module incomplete (Rows/Columns/BitsAllocated)") from None
+    expected = (rows * cols * spp * frames * bits + 7) // 8
+    if length < expected:
+        raise TruncatedPixelData(f"pixel data holds {length} bytes, {expected} expected")
+
+
+class Spool:
+    """Owns the spool folders of one data directory and writes instances into them."""
+
+    def __init__(self, data_dir: Path, index: Index, min_free_bytes: int) -> None:
+        self.root = data_dir / "spool"
+        self.incoming = self.root / "incoming"
+        self.studies = self.root / "studies"
+        self.index = index
+        self.min_free_bytes = min_free_bytes
+        for d in (data_dir, self.root, self.incoming, self.studies):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+
+    def sweep_incoming(self) -> int:
+        """Remove partial receptions left by a crash (never acknowledged, so never promised)."""
+        removed = 0
+        for p in self.incoming.iterdir():
+            p.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def has_room(self) -> bool:
+        return self.free_bytes() >= self.min_free_bytes
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.studies / hashlib.sha256(study_uid.encode()).hexdigest()[:32]
+
+    def store(
+        self,
+        temp_path: Path,
+        *,
+        command_sop_class: str,
+        command_sop_instance: str,
+        assoc_id: str,
+        calling_aet: str,
+    ) -> StoreOutcome:
+        """Validate, place and index one received file; raises a SpoolError subclass on refusal.
+
+        ``temp_path`` is consumed: moved into the study folder or removed.
+        """
+        try:
+            return self._store(temp_path, command_sop_class, command_sop_instance, assoc_id, calling_aet)
+        finally:
+            temp_path.unlink(missing_ok=True)
+
+    def _store(
+        self, temp_path: Path, command_sop_class: str, command_sop_instance: str, assoc_id: str, calling_aet: str
+    ) -> StoreOutcome:
+        if not self.has_room():
+            raise OutOfSpace(f"free space below watermark ({self.min_free_bytes // (1 << 20)} MiB)")
+        file_size = temp_path.stat().st_size
+        try:
+            ds = pydicom.dcmread(temp_path, defer_size=4096)
+            sop_class = str(ds.get("SOPClassUID", "") or "")
+            sop_instance = str(ds.get("SOPInstanceUID", "") or "")
+            study_uid = str(ds.get("StudyInstanceUID", "") or "")
+            series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+            fields = series_fields(ds)
+            instance_number = _int(ds, "InstanceNumber")
+            position = slice_position(ds)
+            transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, struct.error, AttributeError) as exc:
+            raise UnreadableDataset(f"data set cannot be parsed ({type(exc).__name__})") from None
+        missing = [k for k, v in [("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_instance)] if not v]
+        if missing:
+            raise MissingIdentifiers("missing " + ", ".join(missing))
+        for keyword, uid in [("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_instance)]:
+            if len(uid) > 64 or not UID_RE.match(uid):
+                raise InvalidIdentifier(f"{keyword} is not a valid UID")
+        if sop_class and sop_class != command_sop_class:
+            raise SOPClassMismatch("SOP Class UID in the data set differs from the C-STORE request")
+        if sop_instance != command_sop_instance:
+            raise SOPClassMismatch("SOP Instance UID in the data set differs from the C-STORE request")
+        _check_pixel_length(ds, file_size)
+
+        digest = dataset_sha256(temp_path, _meta_end(temp_path))
+        if self.index.find_instance(sop_instance, digest) is not None:
+            return StoreOutcome(study_uid, duplicate=True, conflict=False)
+        conflict = self.index.count_versions(sop_instance) > 0
+
+        study_dir = self.study_dir(study_uid)
+        if not study_dir.exists():
+            study_dir.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(self.studies)
+        final = study_dir / f"{digest}.dcm"
+        _fsync_file(temp_path)
+        os.chmod(temp_path, 0o600)
+        os.replace(temp_path, final)
+        _fsync_dir(study_dir)
+
+        received = now()
+        try:
+            with self.index.transaction() as c:
+                c.execute(
+                    "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, path, sha256, size,"
+                    " transfer_syntax, instance_number, slice_position, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (sop_instance, sop_class or command_sop_class, series_uid, study_uid,
+                     str(final.relative_to(self.root)), digest, file_size, transfer_syntax,
+                     instance_number, position, received),
+                )
+                c.execute(
+                    "INSERT INTO studies (study_uid, state, first_received, last_received, last_assoc, calling_aet)"
+                    " VALUES (?, 'receiving', ?, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
+                    " state='receiving', last_received=excluded.last_received, last_assoc=excluded.last_assoc,"
+                    " last_assoc_released=0, calling_aet=excluded.calling_aet",
+                    (study_uid, received, received, assoc_id, calling_aet),
+                )
+                c.execute(
+                    "INSERT INTO series (series_uid, study_uid, modality, description, series_number, image_type,"
+                    " contrast_agent, contrast_route, contrast_start_time, acquisition_time, series_time,"
+                    " protocol_name, orientation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT(series_uid) DO UPDATE SET acquisition_time = CASE"
+                    "  WHEN series.acquisition_time IS NULL OR excluded.acquisition_time < series.acquisition_time"
+                    "  THEN excluded.acquisition_time ELSE series.acquisition_time END",
+                    (series_uid, study_uid, fields.modality, fields.description, fields.series_number,
+                     fields.image_type, fields.contrast_agent, fields.contrast_route, fields.contrast_start_time,
+                     fields.acquisition_time, fields.series_time, fields.protocol_name, fields.orientation),
+                )
+        except sqlite3.IntegrityError:
+            # The same bytes arrived concurrently on another association and won the insert.
+            return StoreOutcome(study_uid, duplicate=True, conflict=False)
+        if conflict:
+            log.warning("%s", kv(event="sop_instance_conflict", sop_instance_uid=sop_instance, study_uid=study_uid,
+                                 action="kept_both"))
+        return StoreOutcome(study_uid, duplicate=False, conflict=conflict)
+
+    def absolute(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

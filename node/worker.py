@@ -1,0 +1,149 @@
+"""The inference worker: a separate process that owns the pipeline and its models.
+
+Reception and inference never share a process (torch and pixel decoding slow every association,
+and a crash here must not stop reception). The worker loads the models once, then claims jobs from
+the queue one at a time. Its heartbeat row in the index tells the receiver's /readyz whether
+models are loaded and the worker is alive.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Settings
+from .index import Index
+from .jobs import Job, JobQueue
+from .logs import kv
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_STALE_S = 15.0
+
+
+class PipelineUnavailable(Exception):
+    """The pipeline package does not provide the entry points the worker needs."""
+
+
+@dataclass(frozen=True)
+class SeriesFiles:
+    series_uid: str
+    phase: str
+    phase_reason: str
+    paths: tuple[Path, ...]
+
+
+def study_series(index: Index, spool: Spool, study_uid: str) -> list[SeriesFiles]:
+    out = []
+    for s in index.query("SELECT series_uid, phase, phase_reason FROM series WHERE study_uid=? ORDER BY series_number",
+                         (study_uid,)):
+        paths = tuple(spool.absolute(r[0]) for r in index.query(
+            "SELECT path FROM instances WHERE series_uid=? ORDER BY id", (s[0],)))
+        out.append(SeriesFiles(s[0], s[1] or "OTHER", s[2] or "", paths))
+    return out
+
+
+def load_pipeline(settings: Settings) -> Callable[..., Any]:
+    """Return the pipeline's study runner with its models loaded; raises PipelineUnavailable."""
+    try:
+        import pipeline
+    except ImportError as exc:
+        raise PipelineUnavailable(f"pipeline package cannot be imported ({exc.__class__.__name__})") from None
+    loader = getattr(pipeline, "load_runner", None)
+    if loader is None:
+        raise PipelineUnavailable("pipeline.load_runner is not available: the inference pipeline is not installed")
+    return loader(settings)
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.index = Index(settings.data_dir / "index.sqlite")
+        self.spool = Spool(settings.data_dir, self.index, settings.node.min_free_mb << 20)
+        self.queue = JobQueue(self.index, settings.worker.max_attempts)
+        self.stop = threading.Event()
+        self.pid = os.getpid()
+        self.runner: Callable[..., Any] | None = None
+        self.unavailable_reason: str | None = None
+
+    def heartbeat(self, status: str) -> None:
+        with self.index.transaction() as c:
+            c.execute(
+                "INSERT INTO workers (pid, started, heartbeat, models_loaded, status) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(pid) DO UPDATE SET heartbeat=excluded.heartbeat, models_loaded=excluded.models_loaded,"
+                " status=excluded.status",
+                (self.pid, time.time(), time.time(), int(self.runner is not None), status),
+            )
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        self.queue.recover_interrupted(time.time())
+        try:
+            self.runner = load_pipeline(self.settings)
+            log.info("%s", kv(event="models_loaded"))
+        except PipelineUnavailable as exc:
+            self.unavailable_reason = str(exc)
+            log.error("%s", kv(event="pipeline_unavailable", reason=exc))
+        self.heartbeat("idle")
+        while not self.stop.is_set():
+            job = self.queue.claim(self.pid, time.time())
+            if job is None:
+                self.heartbeat("idle")
+                self.stop.wait(self.settings.worker.poll_interval)
+                continue
+            self._run_job(job)
+        with self.index.transaction() as c:
+            c.execute("DELETE FROM workers WHERE pid=?", (self.pid,))
+        self.index.close()
+        return 0
+
+    def _run_job(self, job: Job) -> None:
+        log.info("%s", kv(event="job_started", job=job.id, study_uid=job.study_uid, revision=job.revision,
+                          attempt=job.attempts))
+        self.heartbeat(f"running job {job.id}")
+        if self.runner is None:
+            self.queue.finish(job, False, self.unavailable_reason, time.time())
+            log.error("%s", kv(event="job_failed", job=job.id, reason=self.unavailable_reason))
+            return
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["result"] = self.runner(job=job, series=study_series(self.index, self.spool, job.study_uid))
+            except Exception as exc:  # the pipeline's failure becomes the job's recorded reason
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+        thread = threading.Thread(target=target, name=f"job-{job.id}", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(1.0)
+            self.heartbeat(f"running job {job.id}")
+            if self.stop.is_set():
+                thread.join(self.settings.worker.shutdown_timeout)
+                if thread.is_alive():
+                    self.queue.park(job)
+                    log.warning("%s", kv(event="job_parked", job=job.id, reason="shutdown"))
+                    return
+        ok = "error" not in outcome
+        self.queue.finish(job, ok, outcome.get("error"), time.time())
+        log.log(logging.INFO if ok else logging.ERROR, "%s",
+                kv(event="job_done" if ok else "job_failed", job=job.id, reason=outcome.get("error", "")))
+
+
+def worker_probe(index: Index) -> Callable[[], tuple[bool, str]]:
+    def probe() -> tuple[bool, str]:
+        rows = index.query("SELECT heartbeat, models_loaded FROM workers ORDER BY heartbeat DESC LIMIT 1")
+        if not rows or time.time() - rows[0][0] > HEARTBEAT_STALE_S:
+            return False, "no live inference worker"
+        if not rows[0][1]:
+            return False, "models not loaded"
+        return True, "ok"
+
+    return probe
