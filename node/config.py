@@ -235,7 +235,7 @@ def settings_from_mapping(raw: Mapping[str, Any]) -> Settings:
             try:
                 sections["phases"] = PhaseRules.from_mapping(value)
             except PhaseRulesError as exc:
-                raise ConfigError(f"phases.{exc.key}", str(exc)) from None
+                raise ConfigError(f"phases.{exc.key}", exc.message) from None
             continue
         if name not in _SECTIONS:
             raise ConfigError(name, "unknown section")

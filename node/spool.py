@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
@@ -169,8 +170,13 @@ def _check_pixel_length(ds: Dataset, file_size: int) -> None:
     raw = ds.get_item(PIXEL_DATA) if PIXEL_DATA in ds else None
     if raw is None:
         return
-    length = getattr(raw, "length", None)
-    value_tell = getattr(raw, "value_tell", None)
+    if isinstance(raw, RawDataElement):  # deferred: declared length and where its value starts
+        length, value_tell = raw.length, raw.value_tell
+    else:  # read in full (small, or the file ended early): what was actually read
+        value = raw.value
+        length, value_tell = (len(value), None) if isinstance(value, (bytes, bytearray)) else (None, None)
+        if raw.is_undefined_length:
+            length = None
     if length is None or length == UNDEFINED_LENGTH:
         return  # encapsulated: checked when decoded
     if value_tell is not None and value_tell + length > file_size:

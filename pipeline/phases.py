@@ -319,18 +319,16 @@ def _direct_label(h: SeriesHeader, rules: PhaseRules, t: _Timing) -> PhaseLabel 
     if len(matches) == 1:
         phase, pattern = matches[0]
         said = f"description matches {phase.value} pattern '{pattern}'"
-        if t.kind == "label" and t.phase is not phase:
+        if t.phase is not None and t.phase is not phase:
             return PhaseLabel(Phase.OTHER, "description", f"conflict: {said} but timing says {t.phase.value}: {t.note}")
         return PhaseLabel(phase, "description", said + (f"; timing agrees: {t.note}" if t.kind == "label" else ""))
     if matches:
         said = ", ".join(f"{p.value} '{pat}'" for p, pat in matches)
-        if t.kind == "label" and t.phase in {p for p, _ in matches}:
-            assert t.phase is not None
+        if t.phase is not None and t.phase in {p for p, _ in matches}:
             return PhaseLabel(t.phase, "timing", f"description matches several phases ({said}); timing decides: {t.note}")
         return PhaseLabel(Phase.OTHER, "description",
                           f"conflict: description matches several phases ({said}) and timing does not resolve it ({t.note})")
-    if t.kind == "label":
-        assert t.phase is not None
+    if t.phase is not None:
         return PhaseLabel(t.phase, "timing", f"no phase keyword in description; {t.note}")
     if t.kind == "ambiguous":
         return PhaseLabel(Phase.OTHER, "timing", f"no phase keyword in description; ambiguous timing: {t.note}")

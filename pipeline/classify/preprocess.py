@@ -1,0 +1,158 @@
+"""Classifier input: 224x224 crops around detections, and LiLNet's test-time transform.
+
+Classifier transform (``docs/lilnet-reference.md`` A3, LiLNet's test transform): 8-bit grey
+crop -> RGB by three copies -> ``Resize((224, 224))`` bilinear, aspect not kept -> ``ToTensor``
+[0, 1] -> ``Normalize((0.5,)*3, (0.5,)*3)`` -> [-1, 1]. ``to_classifier_input`` does this for a
+whole batch with torch ops instead of a PIL loop:
+
+- Resize uses ``F.interpolate(bilinear, align_corners=False, antialias=True)``. That is PIL's
+  bilinear: same half-pixel sampling grid, and with ``antialias`` the same widened triangle
+  filter when shrinking (without it, shrinking would alias where PIL does not). PIL works on
+  8-bit images, so its result is rounded to integers; we round to uint8 too before scaling.
+  The remaining difference is PIL's fixed-point arithmetic: at most 1 grey level (tested).
+- Crops from ``crop_around_box`` are already 224x224, so the resize is the identity for them
+  (as it was for LiLNet's pre-cropped 224 training images).
+
+Crop geometry (not in the LiLNet code; the paper only says "224x224, centred on the ROI").
+Our choices:
+
+- Centre: the box centre ``((x1+x2)/2, (y1+y2)/2)`` in pixel coordinates (``x1, y1`` are the
+  top-left pixel edges, as YOLO reports them). The crop origin is rounded to the nearest
+  pixel, so the crop centre is within half a pixel of the box centre.
+- Scale: the crop is taken at native resolution (a 224x224 window, the scale the model was
+  trained on) whenever the box plus a margin fits in it. Otherwise a square of side
+  ``ceil(max(w, h) * (1 + margin))`` is cut around the same centre and shrunk to 224, so the
+  whole lesion is visible. ``margin`` defaults to 0.1 (5 % of the box side on each side):
+  enough context that the lesion edge is not on the crop border, small enough that the
+  lesion still fills most of the crop. The rule is continuous in the box size: the zoom-out
+  starts once the box exceeds 224 / 1.1 ~ 204 px, so there is no jump in scale at 224.
+- Image edges: the window is *not* shifted to stay inside the image (that would move the
+  lesion off centre); the part outside is filled with ``pad_value``, default 0, the bottom of
+  the W400/L40 window (air/black), which is what lies outside a body on a windowed slice.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_SIZE = 224
+NORMALISE_MEAN = (0.5, 0.5, 0.5)
+NORMALISE_STD = (0.5, 0.5, 0.5)
+DEFAULT_MARGIN = 0.1
+DEFAULT_PAD_VALUE = 0  # bottom of the W400/L40 window: air / black
+
+
+class PreprocessError(ValueError):
+    """An image, crop or box that the classifier preprocessing cannot use."""
+
+
+def resize_u8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of [B, H, W] grey images to [B, size, size] uint8, PIL-like (see module doc)."""
+    if images.ndim != 3:
+        raise PreprocessError(f"resize_u8 expects [B, H, W], got {tuple(images.shape)}")
+    if tuple(images.shape[1:]) == (size, size):
+        return images.to(torch.uint8)
+    resized = F.interpolate(
+        images.to(torch.float32).unsqueeze(1), size=(size, size), mode="bilinear",
+        align_corners=False, antialias=True,
+    ).squeeze(1)
+    # PIL resizes 8-bit images to 8-bit output: round like it does.
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _as_batch(crops: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(crops, np.ndarray):
+        if crops.ndim == 2:
+            return [crops]
+        if crops.ndim == 3:
+            return list(crops)
+        raise PreprocessError(f"expected [H, W] or [B, H, W] grey crops, got shape {crops.shape}")
+    batch = list(crops)
+    for i, crop in enumerate(batch):
+        if not isinstance(crop, np.ndarray) or crop.ndim != 2:
+            raise PreprocessError(f"crop {i} is not a 2-D numpy array")
+    return batch
+
+
+def to_classifier_input(
+    crops: np.ndarray | Sequence[np.ndarray],
+    size: int = CLASSIFIER_SIZE,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """uint8 grey crops ([H, W], [B, H, W] or a list of [H, W]) -> float32 [B, 3, size, size] in [-1, 1].
+
+    Crops of one shape are resized together; a list of mixed shapes is resized per shape.
+    """
+    batch = _as_batch(crops)
+    if not batch:
+        raise PreprocessError("no crops given")
+    for i, crop in enumerate(batch):
+        if crop.dtype != np.uint8:
+            raise PreprocessError(f"crop {i} has dtype {crop.dtype}, expected uint8 (a windowed 8-bit image)")
+        if min(crop.shape) < 1:
+            raise PreprocessError(f"crop {i} is empty: shape {crop.shape}")
+    out = torch.empty(len(batch), size, size, dtype=torch.uint8, device=device)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, crop in enumerate(batch):
+        by_shape.setdefault(crop.shape, []).append(i)
+    for indices in by_shape.values():
+        stacked = torch.from_numpy(np.stack([batch[i] for i in indices])).to(device)
+        out[indices] = resize_u8(stacked, size)
+    scaled = out.to(torch.float32).div_(255.0)  # ToTensor
+    rgb = scaled.unsqueeze(1).expand(-1, 3, -1, -1)  # grey -> RGB by three copies
+    mean = torch.tensor(NORMALISE_MEAN, dtype=torch.float32, device=rgb.device).view(1, 3, 1, 1)
+    std = torch.tensor(NORMALISE_STD, dtype=torch.float32, device=rgb.device).view(1, 3, 1, 1)
+    return ((rgb - mean) / std).contiguous()
+
+
+def crop_side(box_w: float, box_h: float, size: int = CLASSIFIER_SIZE, margin: float = DEFAULT_MARGIN) -> int:
+    """Side of the square cut from the image: ``size`` if the box plus margin fits, else larger."""
+    needed = max(box_w, box_h) * (1.0 + margin)
+    # Tolerance so that a box of exactly size/(1+margin) is not pushed to size+1 by rounding.
+    return size if needed <= size + 1e-6 else math.ceil(needed - 1e-6)
+
+
+def crop_around_box(
+    image_u8: np.ndarray,
+    box_xyxy: Sequence[float] | np.ndarray,
+    size: int = CLASSIFIER_SIZE,
+    margin: float = DEFAULT_MARGIN,
+    pad_value: int = DEFAULT_PAD_VALUE,
+) -> np.ndarray:
+    """A ``size`` x ``size`` uint8 crop centred on the box centre (geometry in the module doc)."""
+    if not isinstance(image_u8, np.ndarray) or image_u8.ndim != 2 or image_u8.dtype != np.uint8:
+        raise PreprocessError("image_u8 must be a 2-D uint8 numpy array [H, W]")
+    if size < 1 or margin < 0 or not 0 <= pad_value <= 255:
+        raise PreprocessError(f"invalid crop settings size={size} margin={margin} pad_value={pad_value}")
+    box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.all(np.isfinite(box)):
+        raise PreprocessError(f"box must be 4 finite numbers x1, y1, x2, y2, got {box_xyxy!r}")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        raise PreprocessError(f"box has no area: {box.tolist()}")
+    img_h, img_w = image_u8.shape
+    if x2 <= 0 or y2 <= 0 or x1 >= img_w or y1 >= img_h:
+        raise PreprocessError(f"box {box.tolist()} lies outside the {img_w}x{img_h} image")
+
+    side = crop_side(x2 - x1, y2 - y1, size, margin)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    # Nearest-pixel origin (floor(v + 0.5), not Python's round-half-to-even).
+    left = math.floor(cx - side / 2.0 + 0.5)
+    top = math.floor(cy - side / 2.0 + 0.5)
+
+    window = np.full((side, side), pad_value, dtype=np.uint8)
+    src_x0, src_y0 = max(left, 0), max(top, 0)
+    src_x1, src_y1 = min(left + side, img_w), min(top + side, img_h)
+    if src_x1 > src_x0 and src_y1 > src_y0:
+        window[src_y0 - top:src_y1 - top, src_x0 - left:src_x1 - left] = image_u8[src_y0:src_y1, src_x0:src_x1]
+    if side == size:
+        return window
+    log.debug("event=crop_zoom_out box_w=%.1f box_h=%.1f side=%d size=%d", x2 - x1, y2 - y1, side, size)
+    return resize_u8(torch.from_numpy(window).unsqueeze(0), size).squeeze(0).numpy()

@@ -1,0 +1,111 @@
+"""The whole node as a subprocess: readiness to a job, SIGKILL mid-study, SIGTERM, status."""
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pydicom
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from tests.support.ctdata import dataset_sha256, uid, write_two_phase_study
+from tests.support.nodeproc import REPO
+
+
+def rows(node, sql, params=()):
+    con = sqlite3.connect(node.data_dir / "index.sqlite", timeout=30)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def open_assoc(node):
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="LIVERNODE")
+    assert assoc.is_established
+    return assoc
+
+
+def test_release_with_complete_phases_makes_a_job_before_the_quiet_period(node_factory, tmp_path):
+    # Quiet period of 10 minutes: only the "complete" rule can make the study ready within the test.
+    node = node_factory(config="[studies]\nquiet_period = 600.0\n")
+    files = write_two_phase_study(tmp_path / "src", uid("complete-study"), slices=6, rows=64, cols=64)
+    assoc = open_assoc(node)
+    for f in files:
+        assert assoc.send_c_store(f).Status == 0
+    assoc.release()
+    job = node.wait_for(lambda: rows(node, "SELECT state, trigger, reason FROM jobs WHERE state IN ('done','failed')"),
+                        timeout=60)
+    assert len(job) == 1
+    state, trigger, reason = job[0]
+    assert trigger == "complete"
+    phases = sorted(r[0] for r in rows(node, "SELECT phase FROM series"))
+    assert phases == ["AP", "PVP"]
+    # Until the inference pipeline is installed the job fails with a recorded reason, never a fake result.
+    if state == "failed":
+        assert "pipeline" in reason
+    status = subprocess.run([sys.executable, "-m", "node.cli", "status", "--data-dir", str(node.data_dir)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert status.returncode == 0
+    assert "jobs:" in status.stdout and "spool:   instances=12" in status.stdout
+    code, _ = node.http("/readyz")
+    assert code in (200, 503)
+    assert node.stop() == 0
+
+
+def test_sigkill_mid_study_loses_nothing_acknowledged(node_factory, tmp_path):
+    node = node_factory("--no-worker", config="[studies]\nquiet_period = 2.0\n")
+    files = write_two_phase_study(tmp_path / "src", uid("kill-study"), slices=30, rows=128, cols=128)
+    acked: list = []
+    assoc = open_assoc(node)
+    for i, f in enumerate(files):
+        if i == 25:
+            node.kill()  # SIGKILL the node's process group in the middle of the study
+        try:
+            status = assoc.send_c_store(f)
+        except RuntimeError:  # pynetdicom noticed the dead peer between two sends
+            break
+        if status and status.Status == 0:
+            acked.append(f)
+        if not assoc.is_established:
+            break
+    assert 20 <= len(acked) <= 26
+    node.start()  # same data directory
+    present = {r[0]: r[1] for r in rows(node, "SELECT sop_instance_uid, sha256 FROM instances")}
+    for f in acked:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert present.get(ds.SOPInstanceUID) == dataset_sha256(f)
+    assert rows(node, "PRAGMA integrity_check")[0][0] == "ok"
+    assert not any((node.data_dir / "spool" / "incoming").iterdir())
+    # The sender resends what was not acknowledged; the study becomes ready exactly once.
+    assoc = open_assoc(node)
+    for f in files:
+        assert assoc.send_c_store(f).Status == 0
+    assoc.release()
+    jobs = node.wait_for(lambda: rows(node, "SELECT study_uid, trigger FROM jobs"), timeout=60)
+    assert len(jobs) == 1
+    assert rows(node, "SELECT COUNT(*) FROM instances")[0][0] == len(files)
+
+
+def test_sigkill_before_ready_recovers_the_timer(node_factory, tmp_path):
+    node = node_factory("--no-worker", config="[studies]\nquiet_period = 3.0\n")
+    files = write_two_phase_study(tmp_path / "src", uid("timer-study"), slices=3, rows=64, cols=64)
+    assoc = open_assoc(node)
+    for f in files[:-1]:  # the last PVP slice never comes: only the quiet period can decide
+        assert assoc.send_c_store(f).Status == 0
+    node.kill()
+    node.start()
+    jobs = node.wait_for(lambda: rows(node, "SELECT trigger FROM jobs"), timeout=60)
+    assert jobs == [("quiet_period",)]
+
+
+def test_sigterm_exits_zero_promptly(node_factory):
+    node = node_factory()
+    started = time.monotonic()
+    assert node.stop(timeout=60) == 0
+    assert time.monotonic() - started < 45
+    assert "event=stopped" in node.log_text()
