@@ -80,6 +80,7 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     index = Index(data_dir / "index.sqlite")
     spool = Spool(data_dir, index, settings.node.min_free_mb << 20)
     swept = spool.sweep_incoming()
+    spool.reindex_orphans()
     metrics = NodeMetrics(index)
     queue = JobQueue(index, settings.worker.max_attempts)
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1})

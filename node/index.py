@@ -1,7 +1,8 @@
 """The SQLite index: the single source of truth for instances, series, studies and jobs across restarts.
 
-WAL mode with ``synchronous=FULL``: a commit returned means the row survives a crash or a power
-loss, which is what a C-STORE success promises. One connection per process, serialised by a lock,
+WAL mode with ``synchronous=NORMAL``: a committed row survives a process crash (kill -9); a power
+cut may drop the last commits, which the spool restores at start from the fsynced files themselves
+(``Spool.reindex_orphans``). That keeps one fsync per instance off the C-STORE path. One connection per process, serialised by a lock,
 because association threads write concurrently and SQLite allows one writer anyway.
 """
 from __future__ import annotations
@@ -116,7 +117,7 @@ class Index:
         self._conn = sqlite3.connect(str(db_path), timeout=30.0, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)

@@ -192,6 +192,51 @@ def _check_pixel_length(ds: Dataset, file_size: int) -> None:
         raise TruncatedPixelData(f"pixel data holds {length} bytes, {expected} expected")
 
 
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What the index needs of one instance, read from its headers (pixels are never decoded)."""
+
+    sop_class: str
+    sop_instance: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    instance_number: int | None
+    position: float | None
+    series: SeriesFields
+    sha256: str  # of the data set without preamble and file meta
+    size: int
+
+
+def inspect_instance(path: Path) -> InstanceInfo:
+    """Parse and validate a received file; raises the SpoolError subclass that names the problem."""
+    file_size = path.stat().st_size
+    try:
+        ds = pydicom.dcmread(path, defer_size=4096)
+        info = dict(
+            sop_class=str(ds.get("SOPClassUID", "") or ""),
+            sop_instance=str(ds.get("SOPInstanceUID", "") or ""),
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+            instance_number=_int(ds, "InstanceNumber"),
+            position=slice_position(ds),
+            series=series_fields(ds),
+        )
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, struct.error, AttributeError) as exc:
+        raise UnreadableDataset(f"data set cannot be parsed ({type(exc).__name__})") from None
+    uids = [("StudyInstanceUID", info["study_uid"]), ("SeriesInstanceUID", info["series_uid"]),
+            ("SOPInstanceUID", info["sop_instance"])]
+    missing = [k for k, v in uids if not v]
+    if missing:
+        raise MissingIdentifiers("missing " + ", ".join(missing))
+    for keyword, uid in uids:
+        if len(uid) > 64 or not UID_RE.match(uid):
+            raise InvalidIdentifier(f"{keyword} is not a valid UID")
+    _check_pixel_length(ds, file_size)
+    return InstanceInfo(**info, sha256=dataset_sha256(path, _meta_end(path)), size=file_size)
+
+
 class Spool:
     """Owns the spool folders of one data directory and writes instances into them."""
 
@@ -245,62 +290,53 @@ class Spool:
     ) -> StoreOutcome:
         if not self.has_room():
             raise OutOfSpace(f"free space below watermark ({self.min_free_bytes // (1 << 20)} MiB)")
-        file_size = temp_path.stat().st_size
-        try:
-            ds = pydicom.dcmread(temp_path, defer_size=4096)
-            sop_class = str(ds.get("SOPClassUID", "") or "")
-            sop_instance = str(ds.get("SOPInstanceUID", "") or "")
-            study_uid = str(ds.get("StudyInstanceUID", "") or "")
-            series_uid = str(ds.get("SeriesInstanceUID", "") or "")
-            fields = series_fields(ds)
-            instance_number = _int(ds, "InstanceNumber")
-            position = slice_position(ds)
-            transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, struct.error, AttributeError) as exc:
-            raise UnreadableDataset(f"data set cannot be parsed ({type(exc).__name__})") from None
-        missing = [k for k, v in [("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_instance)] if not v]
-        if missing:
-            raise MissingIdentifiers("missing " + ", ".join(missing))
-        for keyword, uid in [("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_instance)]:
-            if len(uid) > 64 or not UID_RE.match(uid):
-                raise InvalidIdentifier(f"{keyword} is not a valid UID")
-        if sop_class and sop_class != command_sop_class:
+        info = inspect_instance(temp_path)
+        if info.sop_class and info.sop_class != command_sop_class:
             raise SOPClassMismatch("SOP Class UID in the data set differs from the C-STORE request")
-        if sop_instance != command_sop_instance:
+        if info.sop_instance != command_sop_instance:
             raise SOPClassMismatch("SOP Instance UID in the data set differs from the C-STORE request")
-        _check_pixel_length(ds, file_size)
+        if self.index.find_instance(info.sop_instance, info.sha256) is not None:
+            return StoreOutcome(info.study_uid, duplicate=True, conflict=False)
+        conflict = self.index.count_versions(info.sop_instance) > 0
 
-        digest = dataset_sha256(temp_path, _meta_end(temp_path))
-        if self.index.find_instance(sop_instance, digest) is not None:
-            return StoreOutcome(study_uid, duplicate=True, conflict=False)
-        conflict = self.index.count_versions(sop_instance) > 0
-
-        study_dir = self.study_dir(study_uid)
+        study_dir = self.study_dir(info.study_uid)
         if not study_dir.exists():
             study_dir.mkdir(mode=0o700, exist_ok=True)
             _fsync_dir(self.studies)
-        final = study_dir / f"{digest}.dcm"
+        final = study_dir / f"{info.sha256}.dcm"
+        # The fsynced file under its final name is the durable record of the acknowledgement; the
+        # index row is re-derived from it by reindex_orphans() if a power loss drops the last commit.
         _fsync_file(temp_path)
         os.chmod(temp_path, 0o600)
         os.replace(temp_path, final)
         _fsync_dir(study_dir)
+        if not self._index(info, final, assoc_id, calling_aet):
+            # The same bytes arrived concurrently on another association and won the insert.
+            return StoreOutcome(info.study_uid, duplicate=True, conflict=False)
+        if conflict:
+            log.warning("%s", kv(event="sop_instance_conflict", sop_instance_uid=info.sop_instance,
+                                 study_uid=info.study_uid, action="kept_both"))
+        return StoreOutcome(info.study_uid, duplicate=False, conflict=conflict)
 
+    def _index(self, info: "InstanceInfo", final: Path, assoc_id: str | None, calling_aet: str | None) -> bool:
+        """Insert the instance, its series and its study; False if that exact instance is already there."""
         received = now()
+        f = info.series
         try:
             with self.index.transaction() as c:
                 c.execute(
                     "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, path, sha256, size,"
                     " transfer_syntax, instance_number, slice_position, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (sop_instance, sop_class or command_sop_class, series_uid, study_uid,
-                     str(final.relative_to(self.root)), digest, file_size, transfer_syntax,
-                     instance_number, position, received),
+                    (info.sop_instance, info.sop_class, info.series_uid, info.study_uid,
+                     str(final.relative_to(self.root)), info.sha256, info.size, info.transfer_syntax,
+                     info.instance_number, info.position, received),
                 )
                 c.execute(
                     "INSERT INTO studies (study_uid, state, first_received, last_received, last_assoc, calling_aet)"
                     " VALUES (?, 'receiving', ?, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
                     " state='receiving', last_received=excluded.last_received, last_assoc=excluded.last_assoc,"
-                    " last_assoc_released=0, calling_aet=excluded.calling_aet",
-                    (study_uid, received, received, assoc_id, calling_aet),
+                    " last_assoc_released=0, calling_aet=COALESCE(excluded.calling_aet, studies.calling_aet)",
+                    (info.study_uid, received, received, assoc_id, calling_aet),
                 )
                 c.execute(
                     "INSERT INTO series (series_uid, study_uid, modality, description, series_number, image_type,"
@@ -309,17 +345,34 @@ class Spool:
                     " ON CONFLICT(series_uid) DO UPDATE SET acquisition_time = CASE"
                     "  WHEN series.acquisition_time IS NULL OR excluded.acquisition_time < series.acquisition_time"
                     "  THEN excluded.acquisition_time ELSE series.acquisition_time END",
-                    (series_uid, study_uid, fields.modality, fields.description, fields.series_number,
-                     fields.image_type, fields.contrast_agent, fields.contrast_route, fields.contrast_start_time,
-                     fields.acquisition_time, fields.series_time, fields.protocol_name, fields.orientation),
+                    (info.series_uid, info.study_uid, f.modality, f.description, f.series_number,
+                     f.image_type, f.contrast_agent, f.contrast_route, f.contrast_start_time,
+                     f.acquisition_time, f.series_time, f.protocol_name, f.orientation),
                 )
         except sqlite3.IntegrityError:
-            # The same bytes arrived concurrently on another association and won the insert.
-            return StoreOutcome(study_uid, duplicate=True, conflict=False)
-        if conflict:
-            log.warning("%s", kv(event="sop_instance_conflict", sop_instance_uid=sop_instance, study_uid=study_uid,
-                                 action="kept_both"))
-        return StoreOutcome(study_uid, duplicate=False, conflict=conflict)
+            return False
+        return True
+
+    def reindex_orphans(self) -> int:
+        """Index files that are in the spool but not in the index (a commit lost to a power cut).
+
+        Such a file was fsynced before its C-STORE was answered, so it may have been acknowledged.
+        """
+        known = {r[0] for r in self.index.query("SELECT path FROM instances")}
+        restored = 0
+        for path in self.studies.glob("*/*.dcm"):
+            if str(path.relative_to(self.root)) in known:
+                continue
+            try:
+                info = inspect_instance(path)
+            except SpoolError as exc:
+                log.error("%s", kv(event="orphan_unreadable", file=path.name, reason=exc.reason))
+                continue
+            if self._index(info, path, None, None):
+                restored += 1
+        if restored:
+            log.warning("%s", kv(event="orphans_reindexed", count=restored))
+        return restored
 
     def absolute(self, relative: str) -> Path:
         return self.root / relative

@@ -1,0 +1,73 @@
+"""Spool and index without the network: validation, placement, orphan recovery."""
+from __future__ import annotations
+
+import shutil
+import stat
+
+import pytest
+
+from node.index import Index
+from node.spool import InvalidIdentifier, MissingIdentifiers, Spool, TruncatedPixelData, inspect_instance
+from tests.support.ctdata import SeriesSpec, ct_instance, dataset_sha256, uid
+
+
+def _received(tmp_path, name: str, **changes):
+    """A file laid out like pynetdicom's chunked receive (preamble, file meta, data set)."""
+    ds = ct_instance(uid("spool", name), uid("spool", name, "s"), 0, SeriesSpec("AP", 1), rows=32, cols=32)
+    for k, v in changes.items():
+        if v is None:
+            delattr(ds, k)
+        else:
+            setattr(ds, k, v)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, ds
+
+
+@pytest.fixture
+def spool(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    index = Index(data / "index.sqlite")
+    yield Spool(data, index, min_free_bytes=0)
+    index.close()
+
+
+def test_store_places_file_by_hash_with_private_permissions(spool, tmp_path):
+    path, ds = _received(tmp_path, "a")
+    digest = dataset_sha256(path)
+    temp = spool.incoming / "x.dcm"
+    shutil.copy(path, temp)
+    outcome = spool.store(temp, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID,
+                          assoc_id="t-1", calling_aet="SCU")
+    assert outcome.label == "stored"
+    final = spool.study_dir(ds.StudyInstanceUID) / f"{digest}.dcm"
+    assert final.exists() and stat.S_IMODE(final.stat().st_mode) == 0o600
+    assert ds.StudyInstanceUID not in str(final)  # paths come from hashes, never from UIDs
+    assert not any(spool.incoming.iterdir())
+
+
+@pytest.mark.parametrize("changes, error", [
+    ({"SeriesInstanceUID": None}, MissingIdentifiers),
+    ({"SOPInstanceUID": "1.2.3/../4"}, InvalidIdentifier),
+    ({"PixelData": b"\x00" * 100}, TruncatedPixelData),
+])
+def test_inspect_names_the_problem(tmp_path, changes, error):
+    path, _ = _received(tmp_path, "bad", **changes)
+    with pytest.raises(error):
+        inspect_instance(path)
+
+
+def test_orphan_files_are_reindexed_at_start(spool, tmp_path):
+    path, ds = _received(tmp_path, "orphan")
+    temp = spool.incoming / "y.dcm"
+    shutil.copy(path, temp)
+    spool.store(temp, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID,
+                assoc_id="t-1", calling_aet="SCU")
+    # Simulate a power cut that kept the fsynced file but lost the index commit.
+    with spool.index.transaction() as c:
+        c.execute("DELETE FROM instances")
+    assert spool.reindex_orphans() == 1
+    rows = spool.index.query("SELECT sop_instance_uid, sha256 FROM instances")
+    assert [(r[0], r[1]) for r in rows] == [(ds.SOPInstanceUID, dataset_sha256(path))]
+    assert spool.reindex_orphans() == 0
