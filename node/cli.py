@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="studies, jobs and spool use from the index")
     _config_args(p)
 
+    p = sub.add_parser("run", help="analyse a folder tree of DICOM files offline; results in OUT/<study>/")
+    p.add_argument("input", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--weights", type=Path, help="weights folder (default: the shipped demo weights)")
+    p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("--unknown-phase", choices=["run", "refuse"], default="run")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    p = sub.add_parser("evaluate", help="compare `run` results with ground truth (phantom labels or a CSV)")
+    p.add_argument("results", type=Path, help="the --out folder of `liver-node run`")
+    p.add_argument("--truth", type=Path, required=True, help="phantom output folder (labels.json files) or CSV")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+
     p = sub.add_parser("phantom", help="write synthetic multiphase liver CT studies with ground truth", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -100,6 +113,39 @@ def cmd_status(settings: Settings) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.analyzer import Analyzer, AnalyzerOptions
+    from pipeline.batch import run_folder
+    from pipeline.weights import WeightsError
+
+    from .config import REPO_ROOT
+
+    if not args.input.is_dir():
+        print(f"liver-node: not a folder: {args.input}", file=sys.stderr)
+        return 2
+    try:
+        analyzer = Analyzer.from_weights(args.weights or REPO_ROOT / "weights", device=args.device or None,
+                                         options=AnalyzerOptions(unknown_phase=args.unknown_phase))
+    except (WeightsError, OSError) as exc:
+        print(f"liver-node: models cannot be loaded: {exc}", file=sys.stderr)
+        return 1
+    return run_folder(analyzer, args.input, args.out)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.evaluate import evaluate, format_report, load_csv_truth, load_phantom_truth
+
+    truths = load_csv_truth(args.truth) if args.truth.is_file() else load_phantom_truth(args.truth)
+    if not truths:
+        print(f"liver-node: no ground truth found in {args.truth}", file=sys.stderr)
+        return 2
+    report = evaluate(args.results, truths)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["phantom"]:
@@ -108,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return phantom_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "INFO"))
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "evaluate":
+        return cmd_evaluate(args)
     try:
         if args.command in ("echo", "send"):
             target = Destination.parse(args.target if args.command == "echo" else args.to, "target")

@@ -18,6 +18,9 @@ from typing import Any, Mapping
 from pipeline.phases import Phase, PhaseRules, PhaseRulesError
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 class ConfigError(Exception):
     """A configuration problem; ``key`` is the dotted name of the offending setting."""
 
@@ -107,6 +110,13 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class PipelineSettings:
+    weights_dir: str = "weights"  # relative paths resolve against the installed package's repository root
+    device: str = ""  # "" picks CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
+    unknown_phase: str = "run"  # no AP/PVP identified: "run" on an unlabelled CT series (marked), or "refuse"
+
+
+@dataclass(frozen=True)
 class ResultSettings:
     destinations: list[str] = field(default_factory=list)  # AE@HOST:PORT each
 
@@ -119,11 +129,17 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     results: ResultSettings = field(default_factory=ResultSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     phases: PhaseRules = field(default_factory=PhaseRules)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.node.data_dir).resolve()
+
+    @property
+    def weights_dir(self) -> Path:
+        path = Path(self.pipeline.weights_dir)
+        return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
     @property
     def destinations(self) -> list[Destination]:
@@ -137,6 +153,7 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsSettings,
     "worker": WorkerSettings,
     "results": ResultSettings,
+    "pipeline": PipelineSettings,
 }
 
 
@@ -224,6 +241,10 @@ def _check_ranges(s: Settings) -> None:
     for i, uid in enumerate(s.node.extra_sop_classes):
         if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
             raise ConfigError(f"node.extra_sop_classes[{i}]", f"not a UID: {uid!r}")
+    if s.pipeline.unknown_phase not in ("run", "refuse"):
+        raise ConfigError("pipeline.unknown_phase", "must be 'run' or 'refuse'")
+    if s.pipeline.device and not re.fullmatch(r"cpu|cuda(:\d+)?", s.pipeline.device):
+        raise ConfigError("pipeline.device", f"expected '', 'cpu' or 'cuda[:N]', got {s.pipeline.device!r}")
     for d in s.results.destinations:
         Destination.parse(d, "results.destinations")
 

@@ -49,16 +49,18 @@ def study_series(index: Index, spool: Spool, study_uid: str) -> list[SeriesFiles
     return out
 
 
-def load_pipeline(settings: Settings) -> Callable[..., Any]:
-    """Return the pipeline's study runner with its models loaded; raises PipelineUnavailable."""
+def load_pipeline(settings: Settings):
+    """Return the pipeline's Analyzer with its models loaded; raises PipelineUnavailable."""
     try:
-        import pipeline
+        from pipeline.analyzer import Analyzer, AnalyzerOptions
+        from pipeline.weights import WeightsError
     except ImportError as exc:
-        raise PipelineUnavailable(f"pipeline package cannot be imported ({exc.__class__.__name__})") from None
-    loader = getattr(pipeline, "load_runner", None)
-    if loader is None:
-        raise PipelineUnavailable("pipeline.load_runner is not available: the inference pipeline is not installed")
-    return loader(settings)
+        raise PipelineUnavailable(f"pipeline cannot be imported ({exc.__class__.__name__}: {exc})") from None
+    try:
+        return Analyzer.from_weights(settings.weights_dir, device=settings.pipeline.device or None,
+                                     options=AnalyzerOptions(unknown_phase=settings.pipeline.unknown_phase))
+    except (WeightsError, OSError, ImportError) as exc:
+        raise PipelineUnavailable(f"models cannot be loaded: {exc}") from None
 
 
 class Worker:
@@ -69,8 +71,11 @@ class Worker:
         self.queue = JobQueue(self.index, settings.worker.max_attempts)
         self.stop = threading.Event()
         self.pid = os.getpid()
-        self.runner: Callable[..., Any] | None = None
+        self.runner = None  # pipeline.analyzer.Analyzer once loaded
         self.unavailable_reason: str | None = None
+
+    def results_dir(self, job: Job):
+        return self.settings.data_dir / "results" / self.spool.study_dir(job.study_uid).name / f"rev-{job.revision}"
 
     def heartbeat(self, status: str) -> None:
         with self.index.transaction() as c:
@@ -116,7 +121,14 @@ class Worker:
 
         def target() -> None:
             try:
-                outcome["result"] = self.runner(job=job, series=study_series(self.index, self.spool, job.study_uid))
+                from pipeline.analyzer import SeriesInput
+
+                series = [SeriesInput(s.series_uid, s.phase, s.phase_reason, s.paths)
+                          for s in study_series(self.index, self.spool, job.study_uid)]
+                result = self.runner.run_study(job.study_uid, series)
+                outcome["path"] = result.write(self.results_dir(job))
+                if result.status != "ok":
+                    outcome["error"] = f"not analysed: {result.reason}"
             except Exception as exc:  # the pipeline's failure becomes the job's recorded reason
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
 

@@ -1,0 +1,167 @@
+"""``Analyzer.run_study``: series on disk in, a typed StudyResult out (no networking, no database).
+
+Stages, each timed: load (decode, sort, HU), detect (YOLO on W400/L40 slices of the AP and PVP
+series), lesions (3D grouping per series, matching across phases), classify (LiLNet hierarchy on
+224x224 crops), aggregate (per lesion and per case). Models load once, when the Analyzer is built.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .classify.preprocess import crop_around_box
+from .hierarchy import HierarchyLogits, decide
+from .imaging import window_u8
+from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
+from .result import LesionResult, ModelInfo, SeriesUse, StudyResult
+from .series import LoadedSeries, SeriesError, load_series
+
+log = logging.getLogger(__name__)
+
+PRIMARY_PHASES = ("AP", "PVP")
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    series_uid: str
+    phase: str  # NC / AP / PVP / DELAYED / OTHER, from pipeline.phases
+    phase_reason: str
+    paths: tuple[Path, ...]
+
+
+class Detector(Protocol):
+    def detect(self, slices_u8: np.ndarray) -> list[list]: ...
+
+
+class Classifier(Protocol):
+    def logits(self, crops_u8: np.ndarray) -> HierarchyLogits: ...
+
+
+@dataclass(frozen=True)
+class AnalyzerOptions:
+    unknown_phase: str = "run"  # "run": analyse an unlabelled series, marked unknown phase; "refuse"
+    max_crops_per_view: int = 5  # largest cross-sections of a lesion per phase sent to the classifier
+    min_crop_px: float = 6.0  # boxes smaller than this on both sides are too small to classify
+
+
+class Analyzer:
+    def __init__(self, detector: Detector, classifier: Classifier, models: list[ModelInfo],
+                 options: AnalyzerOptions = AnalyzerOptions()) -> None:
+        self.detector = detector
+        self.classifier = classifier
+        self.models = models
+        self.options = options
+
+    @classmethod
+    def from_weights(cls, weights_dir: Path, device: str | None = None,
+                     options: AnalyzerOptions = AnalyzerOptions()) -> "Analyzer":
+        from .classify.classifier import LesionClassifier
+        from .detect.detector import LesionDetector
+
+        detector = LesionDetector.from_manifest(weights_dir, device=device)
+        classifier = LesionClassifier.from_manifest(weights_dir, device=device)
+        models = [ModelInfo(detector.name, detector.version, detector.sha256)]
+        models += [ModelInfo(n, v, h) for n, v, h in zip(classifier.names, classifier.versions, classifier.sha256s)]
+        return cls(detector, classifier, models, options)
+
+    # --- phase choice -----------------------------------------------------------------------------
+    def _choose(self, series: Sequence[SeriesInput]) -> tuple[list[SeriesInput], str | None, str | None]:
+        """Series to analyse, the phase mode, or a reason to refuse."""
+        by_phase: dict[str, list[SeriesInput]] = {}
+        for s in series:
+            by_phase.setdefault(s.phase, []).append(s)
+        # Several recons of one phase: the one with most images (thinnest) carries most evidence.
+        chosen = [max(by_phase[p], key=lambda s: len(s.paths)) for p in PRIMARY_PHASES if p in by_phase]
+        if len(chosen) == 2:
+            return chosen, "AP+PVP", None
+        if len(chosen) == 1:
+            return chosen, f"{chosen[0].phase} only", None
+        others = by_phase.get("OTHER", [])
+        if others and self.options.unknown_phase == "run":
+            return [max(others, key=lambda s: len(s.paths))], "unknown phase", None
+        if others:
+            return [], None, "no arterial or portal-venous series identified (unknown-phase analysis disabled)"
+        return [], None, "no arterial, portal-venous or unlabelled CT series in the study"
+
+    # --- the study --------------------------------------------------------------------------------
+    def run_study(self, study_uid: str, series: Sequence[SeriesInput]) -> StudyResult:
+        result = StudyResult(study_uid, status="ok", models=list(self.models))
+        chosen, mode, refusal = self._choose(series)
+        chosen_ids = {s.series_uid for s in chosen}
+        result.phase_mode = mode
+        t = time.perf_counter()
+        loaded: list[tuple[SeriesInput, LoadedSeries]] = []
+        uses: dict[str, SeriesUse] = {}
+        for s in series:
+            uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, False)
+        for s in chosen:
+            try:
+                ls = load_series(s.paths)
+            except SeriesError as exc:
+                uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, False, (f"not analysed: {exc}",))
+                continue
+            loaded.append((s, ls))
+            uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, True, ls.notes)
+        result.series = [uses[s.series_uid] for s in series]
+        result.timings_s["load"] = time.perf_counter() - t
+        if refusal or not loaded:
+            result.status = "not_analysed"
+            result.reason = refusal or "; ".join(n for u in uses.values() if u.series_uid in chosen_ids for n in u.notes)
+            return result
+        if len(loaded) < len(chosen) or len(loaded) == 1:
+            result.notes.append(f"analysed on {', '.join(s.phase for s, _ in loaded)} only")
+
+        t = time.perf_counter()
+        windowed = {s.series_uid: window_u8(ls.hu) for s, ls in loaded}
+        per_series: list[list[SeriesLesion]] = []
+        detections = {}
+        for s, ls in loaded:
+            detections[s.series_uid] = self.detector.detect(windowed[s.series_uid])
+        result.timings_s["detect"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        for s, ls in loaded:
+            boxes = [[Box2D(i, d.x1, d.y1, d.x2, d.y2, d.confidence) for d in dets]
+                     for i, dets in enumerate(detections[s.series_uid])]
+            phase = s.phase if s.phase in PRIMARY_PHASES else "UNKNOWN"
+            per_series.append([measure(track, ls, phase) for track in group_boxes(boxes)])
+        frames = {ls.geometry.frame_of_reference_uid for _, ls in loaded}
+        if len(frames) == 1 and None not in frames:
+            lesions = match_phases(per_series)
+        else:
+            result.notes.append("series do not share one Frame of Reference: lesions not matched across phases")
+            lesions = match_phases([[l] for group in per_series for l in group], match_mm=-1.0)
+        result.timings_s["lesions"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        crops, owners = [], []
+        for lesion in lesions:
+            for view in lesion.views:
+                image_stack = windowed[view.series_uid]
+                big = sorted(view.boxes, key=lambda b: -b.area)[: self.options.max_crops_per_view]
+                for b in big:
+                    if max(b.width, b.height) < self.options.min_crop_px:
+                        continue
+                    crops.append(crop_around_box(image_stack[b.slice_index], (b.x1, b.y1, b.x2, b.y2)))
+                    owners.append(lesion.index)
+        logits = self.classifier.logits(np.stack(crops)) if crops else None
+        result.timings_s["classify"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        owners_arr = np.array(owners)
+        for lesion in lesions:
+            rows = np.flatnonzero(owners_arr == lesion.index) if owners else np.array([], dtype=int)
+            if rows.size == 0:
+                result.notes.append(f"lesion {lesion.index} too small to classify ({lesion.primary.long_axis_mm:.1f} mm)")
+                continue
+            result.lesions.append(LesionResult(lesion, decide(logits.select(rows))))
+        if logits is not None and len(logits):
+            result.case = decide(logits)  # the paper's patient averaging: all crops of all lesions
+        result.timings_s["aggregate"] = time.perf_counter() - t
+        log.info("study analysed study_uid=%s lesions=%d mode=%s", study_uid, len(result.lesions), mode)
+        return result

@@ -1,0 +1,105 @@
+"""``liver-node run INPUT_DIR --out OUT_DIR``: offline analysis of a folder tree of DICOM files.
+
+Files are grouped into studies and series from their headers (any folder layout; non-DICOM files
+are skipped), phases are labelled with the same rules as the node, and each study's result goes to
+``OUT_DIR/<StudyInstanceUID>/result.json``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .analyzer import Analyzer, SeriesInput
+from .phases import PhaseRules, SeriesHeader, label_series
+
+log = logging.getLogger(__name__)
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass
+class _SeriesScan:
+    first: pydicom.Dataset
+    paths: list[Path] = field(default_factory=list)
+    earliest_time: str | None = None
+
+
+def _text(ds, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return str(value) if value not in (None, "") else None
+
+
+def header_of(series_uid: str, scan: _SeriesScan) -> SeriesHeader:
+    ds = scan.first
+    try:
+        orientation = tuple(float(v) for v in ds.ImageOrientationPatient)
+    except (AttributeError, TypeError, ValueError):
+        orientation = None
+    return SeriesHeader(
+        series_instance_uid=series_uid,
+        modality=str(ds.get("Modality", "") or ""),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+        image_type=tuple(str(v) for v in ds.get("ImageType", [])),
+        contrast_agent=_text(ds, "ContrastBolusAgent"),
+        contrast_route=_text(ds, "ContrastBolusRoute"),
+        contrast_start_time=_text(ds, "ContrastBolusStartTime"),
+        acquisition_time=scan.earliest_time,
+        series_time=_text(ds, "SeriesTime"),
+        protocol_name=_text(ds, "ProtocolName"),
+        image_orientation=orientation,
+        num_instances=len(scan.paths),
+    )
+
+
+def scan_studies(root: Path) -> dict[str, dict[str, _SeriesScan]]:
+    studies: dict[str, dict[str, _SeriesScan]] = defaultdict(dict)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError):
+            continue
+        study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
+        if not study or not series:
+            continue
+        scan = studies[study].setdefault(series, _SeriesScan(ds))
+        scan.paths.append(path)
+        t = _text(ds, "AcquisitionTime")
+        if t and (scan.earliest_time is None or t < scan.earliest_time):
+            scan.earliest_time = t
+    return studies
+
+
+def study_inputs(series: dict[str, _SeriesScan], rules: PhaseRules) -> list[SeriesInput]:
+    headers = [header_of(uid, scan) for uid, scan in series.items()]
+    labels = label_series(headers, rules)
+    return [SeriesInput(uid, labels[uid].phase.value, labels[uid].reason, tuple(scan.paths))
+            for uid, scan in series.items()]
+
+
+def run_folder(analyzer: Analyzer, root: Path, out: Path, rules: PhaseRules = PhaseRules()) -> int:
+    studies = scan_studies(root)
+    if not studies:
+        print(f"no DICOM studies under {root}", file=sys.stderr)
+        return 1
+    failures = 0
+    for i, (study_uid, series) in enumerate(sorted(studies.items()), 1):
+        print(f"[{i}/{len(studies)}] analysing study {study_uid} ({len(series)} series)", file=sys.stderr, flush=True)
+        if not UID_RE.match(study_uid) or len(study_uid) > 64:
+            print(f"skipped: invalid StudyInstanceUID in {root}", file=sys.stderr)
+            failures += 1
+            continue
+        result = analyzer.run_study(study_uid, study_inputs(series, rules))
+        result.write(out / study_uid)
+        case = result.case.cls if result.case else None
+        secs = sum(result.timings_s.values())
+        print(f"study={study_uid} status={result.status} mode={result.phase_mode} lesions={len(result.lesions)} "
+              f"case={case} seconds={secs:.1f}" + (f" reason={result.reason!r}" if result.reason else ""), flush=True)
+        failures += result.status != "ok"
+    return 0 if failures == 0 else 1

@@ -1,0 +1,232 @@
+"""``liver-node evaluate``: results against ground truth, with the LiLNet paper's metrics.
+
+Truth is the phantom's ``labels.json`` files (found under a folder) or a CSV of
+``study_instance_uid,class``. Detection is scored per image, box against box, at IoU 0.1/0.3/0.5
+(the paper's protocol), and also per lesion (a true lesion is found when any predicted box matches
+any of its boxes at IoU 0.1). Classification is scored per lesion (each true lesion against the
+predicted lesion that found it) and per case, with 95% bootstrap confidence intervals over cases.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .hierarchy import ALL_CLASSES, MALIGNANT_CLASSES
+
+IOUS = (0.1, 0.3, 0.5)
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class CaseTruth:
+    study_uid: str
+    case_class: str | None  # None: normal, or several classes (no single case label)
+    normal: bool
+    boxes: dict[str, list[tuple[int, tuple[float, float, float, float]]]]  # sop -> [(lesion_id, box)]
+    lesion_classes: dict[int, str]
+
+
+def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
+    truths = {}
+    for path in sorted(folder.rglob("labels.json")):
+        d = json.loads(path.read_text())
+        classes = {les["lesion_id"]: les["class"] for les in d["lesions"]}
+        boxes: dict[str, list] = {}
+        for entries in d["boxes"].values():
+            for e in entries:
+                if e["phase"] in ("AP", "PVP"):
+                    boxes.setdefault(e["sop_instance_uid"], []).append(
+                        (e["lesion_id"], (e["x1"], e["y1"], e["x2"], e["y2"])))
+        kinds = set(classes.values())
+        truths[d["study_instance_uid"]] = CaseTruth(d["study_instance_uid"], kinds.pop() if len(kinds) == 1 else None,
+                                                    not classes, boxes, classes)
+    return truths
+
+
+def load_csv_truth(path: Path) -> dict[str, CaseTruth]:
+    with open(path, newline="") as f:
+        return {row["study_instance_uid"]: CaseTruth(row["study_instance_uid"], row["class"] or None,
+                                                     not row["class"], {}, {})
+                for row in csv.DictReader(f)}
+
+
+def bootstrap(cases: np.ndarray, fn, rng: np.random.Generator, n: int = 1000) -> dict:
+    """Point value of ``fn`` on all rows and its 95% interval over resampled cases (rows move together)."""
+    unique = np.unique(cases)
+    rows_of = {c: np.flatnonzero(cases == c) for c in unique}
+    stats = []
+    for _ in range(n):
+        idx = np.concatenate([rows_of[c] for c in rng.choice(unique, len(unique))])
+        value = fn(idx)
+        if not np.isnan(value):
+            stats.append(value)
+    lo, hi = np.percentile(stats, [2.5, 97.5]) if stats else (np.nan, np.nan)
+    return {"value": float(fn(np.arange(len(cases)))), "ci95": [float(lo), float(hi)]}
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def _prf(y_true: np.ndarray, y_pred: np.ndarray, classes) -> tuple[float, float, float]:
+    """Macro precision, recall, F1 over the classes present in the truth."""
+    ps, rs, fs = [], [], []
+    for c in classes:
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        if tp + fn == 0:
+            continue
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn)
+        ps.append(p), rs.append(r), fs.append(2 * p * r / (p + r) if p + r else 0.0)
+    if not ps:
+        return float("nan"), float("nan"), float("nan")
+    return float(np.mean(ps)), float(np.mean(rs)), float(np.mean(fs))
+
+
+def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) -> dict:
+    out = {}
+    for thr in IOUS:
+        tp = fp = fn = 0
+        found_lesions = total_lesions = 0
+        for uid, truth in truths.items():
+            res = results.get(uid)
+            pred: dict[str, list] = {}
+            if res:
+                for les in res["lesions"]:
+                    for view in les["views"]:
+                        for b in view["boxes"]:
+                            pred.setdefault(b["sop_instance_uid"], []).append(tuple(b["xyxy"]))
+            found: set[int] = set()
+            for sop in set(pred) | set(truth.boxes):
+                p, t = list(pred.get(sop, [])), list(truth.boxes.get(sop, []))
+                used = set()
+                for lesion_id, tb in t:
+                    best = max(((i, _iou(pb, tb)) for i, pb in enumerate(p) if i not in used), key=lambda x: x[1],
+                               default=(None, 0.0))
+                    if best[0] is not None and best[1] >= thr:
+                        used.add(best[0])
+                        tp += 1
+                        found.add(lesion_id)
+                    else:
+                        fn += 1
+                fp += len(p) - len(used)
+            total_lesions += len(truth.lesion_classes)
+            found_lesions += len(found)
+        precision = tp / (tp + fp) if tp + fp else float("nan")
+        recall = tp / (tp + fn) if tp + fn else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else float("nan")
+        out[f"iou_{thr}"] = {"box_recall": recall, "box_precision": precision, "box_f1": f1,
+                             "lesion_recall": found_lesions / total_lesions if total_lesions else float("nan")}
+    return out
+
+
+def _lesion_pairs(results: dict[str, dict], truths: dict[str, CaseTruth]) -> list[tuple[str, str, str, float]]:
+    """(case, true class, predicted class, p_malignant) for each true lesion found at IoU 0.1."""
+    pairs = []
+    for uid, truth in truths.items():
+        res = results.get(uid)
+        if not res:
+            continue
+        for lesion_id, true_cls in truth.lesion_classes.items():
+            best, best_iou = None, 0.1
+            for les in res["lesions"]:
+                for view in les["views"]:
+                    for b in view["boxes"]:
+                        for tid, tb in truth.boxes.get(b["sop_instance_uid"], []):
+                            if tid == lesion_id and _iou(b["xyxy"], tb) >= best_iou:
+                                best, best_iou = les, _iou(b["xyxy"], tb)
+            if best is not None:
+                pairs.append((uid, true_cls, best["class"], best["p_malignant"]))
+    return pairs
+
+
+def classification_metrics(rows: list[tuple[str, str, str, float]], seed: int = 0) -> dict:
+    if not rows:
+        return {}
+    rng = np.random.default_rng(seed)
+    cases = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows])
+    p = np.array([r[2] for r in rows])
+    pm = np.array([r[3] for r in rows], dtype=float)
+    ym = np.isin(y, MALIGNANT_CLASSES).astype(int)
+    pmal = np.isin(p, MALIGNANT_CLASSES).astype(int)
+
+    def ci(fn):
+        return bootstrap(cases, fn, rng)
+
+    return {
+        "n": len(rows),
+        "benign_malignant": {
+            "accuracy": ci(lambda i: float(np.mean(ym[i] == pmal[i]))),
+            "auc": ci(lambda i: auc(pm[i], ym[i])),
+            "precision": ci(lambda i: _prf(ym[i], pmal[i], [1])[0]),
+            "recall": ci(lambda i: _prf(ym[i], pmal[i], [1])[1]),
+            "f1": ci(lambda i: _prf(ym[i], pmal[i], [1])[2]),
+        },
+        "six_class": {
+            "accuracy": ci(lambda i: float(np.mean(y[i] == p[i]))),
+            "macro_precision": ci(lambda i: _prf(y[i], p[i], ALL_CLASSES)[0]),
+            "macro_recall": ci(lambda i: _prf(y[i], p[i], ALL_CLASSES)[1]),
+            "macro_f1": ci(lambda i: _prf(y[i], p[i], ALL_CLASSES)[2]),
+        },
+        "confusion": {t: {q: int(np.sum((y == t) & (p == q))) for q in ALL_CLASSES} for t in ALL_CLASSES},
+    }
+
+
+def evaluate(results_dir: Path, truths: dict[str, CaseTruth]) -> dict:
+    results = {}
+    for path in results_dir.rglob("result.json"):
+        d = json.loads(path.read_text())
+        results[d["study_instance_uid"]] = d
+    missing = sorted(set(truths) - set(results))
+    case_rows = []
+    for uid, t in truths.items():
+        r = results.get(uid)
+        if r and t.case_class and r["case"]["class"]:
+            case_rows.append((uid, t.case_class, r["case"]["class"], r["case"]["p_malignant"]))
+    normals = [uid for uid, t in truths.items() if t.normal and uid in results]
+    report = {
+        "studies": {"truth": len(truths), "with_result": len(truths) - len(missing), "missing": len(missing)},
+        "detection": detection_metrics(results, truths) if any(t.boxes for t in truths.values()) else None,
+        "lesion_classification": classification_metrics(_lesion_pairs(results, truths)),
+        "case_classification": classification_metrics(case_rows),
+        "normal_cases": {"n": len(normals),
+                         "with_no_lesion_found": sum(1 for u in normals if not results[u]["lesions"])},
+    }
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"studies: {report['studies']}"]
+    if report["detection"]:
+        for k, v in report["detection"].items():
+            lines.append(f"detection {k}: " + " ".join(f"{m}={x:.3f}" for m, x in v.items()))
+    for level in ("lesion_classification", "case_classification"):
+        m = report[level]
+        if not m:
+            lines.append(f"{level}: no matched items")
+            continue
+        lines.append(f"{level} (n={m['n']}):")
+        for group in ("benign_malignant", "six_class"):
+            lines.append(f"  {group}: " + "  ".join(
+                f"{k}={v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for k, v in m[group].items()))
+    n = report["normal_cases"]
+    lines.append(f"normal cases: {n['with_no_lesion_found']}/{n['n']} with no lesion found")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""From 2D detections to 3D lesions: grouping across slices, measuring, matching across phases.
+
+Grouping: a box joins the track whose last box lies on one of the previous ``max_skip + 1`` slices
+and overlaps it (IoU >= ``min_iou``, or one centre inside the other box); otherwise it starts a new
+track. Matching: lesions of two phases in the same Frame of Reference pair up greedily by distance
+between their centres in patient coordinates, within ``max(match_mm, 0.5 x long axis)``.
+Sizes come from the boxes (long and short side of the key slice's box, in mm; volume as a stack of
+ellipses): a box-based approximation, stated in the result, since the detector gives no outline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .series import LoadedSeries
+
+
+@dataclass(frozen=True)
+class Box2D:
+    slice_index: int
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    confidence: float
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0
+
+    def contains(self, x: float, y: float) -> bool:
+        return self.x1 <= x <= self.x2 and self.y1 <= y <= self.y2
+
+
+def iou(a: Box2D, b: Box2D) -> float:
+    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = ix * iy
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _linked(a: Box2D, b: Box2D, min_iou: float) -> bool:
+    return iou(a, b) >= min_iou or a.contains(*b.center) or b.contains(*a.center)
+
+
+def group_boxes(boxes_per_slice: list[list[Box2D]], min_iou: float = 0.2, max_skip: int = 1) -> list[list[Box2D]]:
+    """Group per-slice boxes into tracks (one per 3D lesion), each sorted by slice."""
+    tracks: list[list[Box2D]] = []
+    for slice_boxes in boxes_per_slice:
+        taken: set[int] = set()
+        for box in sorted(slice_boxes, key=lambda b: -b.confidence):
+            best, best_score = None, 0.0
+            for t, track in enumerate(tracks):
+                last = track[-1]
+                if t in taken or not 0 < box.slice_index - last.slice_index <= max_skip + 1:
+                    continue
+                if _linked(last, box, min_iou):
+                    score = iou(last, box) + 1e-3
+                    if score > best_score:
+                        best, best_score = t, score
+            if best is None:
+                tracks.append([box])
+                taken.add(len(tracks) - 1)
+            else:
+                tracks[best].append(box)
+                taken.add(best)
+    return tracks
+
+
+@dataclass(frozen=True)
+class SeriesLesion:
+    """One lesion as seen in one series (phase)."""
+
+    series_uid: str
+    phase: str
+    boxes: tuple[Box2D, ...]
+    key: Box2D  # the slice where the lesion's box is largest
+    key_sop_instance_uid: str
+    box_sop_instance_uids: tuple[str, ...]  # the image of each box
+    center_mm: tuple[float, float, float]
+    long_axis_mm: float
+    short_axis_mm: float
+    volume_ml: float
+    mean_hu: float
+    confidence: float  # highest detector confidence over its boxes
+
+
+def _ellipse_mean(image: np.ndarray, box: Box2D) -> float:
+    rows, cols = image.shape
+    y0, y1 = max(int(np.floor(box.y1)), 0), min(int(np.ceil(box.y2)), rows)
+    x0, x1 = max(int(np.floor(box.x1)), 0), min(int(np.ceil(box.x2)), cols)
+    if y1 <= y0 or x1 <= x0:
+        return float("nan")
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    cx, cy = box.center
+    rx, ry = max(box.width / 2.0, 0.5), max(box.height / 2.0, 0.5)
+    inside = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1.0
+    values = image[y0:y1, x0:x1][inside]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def measure(track: list[Box2D], series: LoadedSeries, phase: str) -> SeriesLesion:
+    geo = series.geometry
+    key = max(track, key=lambda b: b.area)
+    sy, sx = geo.pixel_spacing
+    w_mm, h_mm = key.width * sx, key.height * sy
+    thickness = abs(geo.slice_spacing) or 1.0
+    volume = sum(np.pi / 4.0 * b.width * sx * b.height * sy for b in track) * thickness / 1000.0
+    cx, cy = key.center
+    center = geo.to_patient(key.slice_index, cy - 0.5, cx - 0.5)  # box edges -> pixel-centre index
+    return SeriesLesion(
+        series_uid=series.series_uid,
+        phase=phase,
+        boxes=tuple(track),
+        key=key,
+        key_sop_instance_uid=series.sop_instance_uids[key.slice_index],
+        box_sop_instance_uids=tuple(series.sop_instance_uids[b.slice_index] for b in track),
+        center_mm=tuple(float(v) for v in center),
+        long_axis_mm=float(max(w_mm, h_mm)),
+        short_axis_mm=float(min(w_mm, h_mm)),
+        volume_ml=float(volume),
+        mean_hu=_ellipse_mean(series.hu[key.slice_index], key),
+        confidence=float(max(b.confidence for b in track)),
+    )
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One lesion with its evidence from every phase where it was found."""
+
+    index: int
+    views: tuple[SeriesLesion, ...]
+
+    @property
+    def primary(self) -> SeriesLesion:
+        return max(self.views, key=lambda v: v.key.area)
+
+    @property
+    def center_mm(self) -> tuple[float, float, float]:
+        c = np.mean([v.center_mm for v in self.views], axis=0)
+        return tuple(float(v) for v in c)
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return tuple(v.phase for v in self.views)
+
+
+def match_phases(per_phase: list[list[SeriesLesion]], match_mm: float = 10.0) -> list[Lesion]:
+    """Merge lesions seen in several series into one lesion each (greedy, nearest first)."""
+    groups: list[list[SeriesLesion]] = []
+    for lesions in per_phase:
+        candidates = []
+        for li, lesion in enumerate(lesions):
+            for gi, group in enumerate(groups):
+                if any(v.phase == lesion.phase for v in group):
+                    continue
+                ref = max(group, key=lambda v: v.key.area)
+                dist = float(np.linalg.norm(np.subtract(ref.center_mm, lesion.center_mm)))
+                limit = max(match_mm, 0.5 * max(ref.long_axis_mm, lesion.long_axis_mm))
+                if dist <= limit:
+                    candidates.append((dist, li, gi))
+        used_l, used_g = set(), set()
+        for dist, li, gi in sorted(candidates):
+            if li in used_l or gi in used_g:
+                continue
+            groups[gi].append(lesions[li])
+            used_l.add(li)
+            used_g.add(gi)
+        groups.extend([lesion] for li, lesion in enumerate(lesions) if li not in used_l)
+    ordered = sorted(groups, key=lambda g: -max(v.key.area for v in g))
+    return [Lesion(i + 1, tuple(g)) for i, g in enumerate(ordered)]

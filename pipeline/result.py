@@ -1,0 +1,122 @@
+"""The typed result of one study's analysis, and its JSON form (``result.json``)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .hierarchy import Decision
+from .lesions import Lesion
+
+SCHEMA = "liver-node/result/1"
+
+
+@dataclass(frozen=True)
+class SeriesUse:
+    series_uid: str
+    phase: str
+    reason: str
+    used: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LesionResult:
+    lesion: Lesion
+    decision: Decision
+
+
+@dataclass
+class StudyResult:
+    study_instance_uid: str
+    status: str  # "ok" | "not_analysed"
+    reason: str | None = None
+    phase_mode: str | None = None  # "AP+PVP", "AP only", "PVP only", "unknown phase"
+    series: list[SeriesUse] = field(default_factory=list)
+    lesions: list[LesionResult] = field(default_factory=list)
+    case: Decision | None = None
+    models: list[ModelInfo] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "study_instance_uid": self.study_instance_uid,
+            "status": self.status,
+            "reason": self.reason,
+            "phase_mode": self.phase_mode,
+            "case": _case(self.case),
+            "lesions": [_lesion(r) for r in self.lesions],
+            "phases": [
+                {"series_uid": s.series_uid, "phase": s.phase, "reason": s.reason, "used": s.used, "notes": list(s.notes)}
+                for s in self.series
+            ],
+            "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in self.models],
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+            "notes": self.notes,
+            "disclaimer": "Research software; demo models trained on synthetic phantoms. Not for diagnostic use.",
+        }
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "result.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
+        tmp.replace(path)
+        return path
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
+
+
+def _case(d: Decision | None) -> dict:
+    if d is None:
+        return {"class": None, "malignant": None, "probabilities": None}
+    return {"class": d.cls, "malignant": d.malignant, "p_malignant": _num(d.p_malignant),
+            "probabilities": {k: _num(v) for k, v in d.probabilities.items()}, "crops": d.crops}
+
+
+def _lesion(r: LesionResult) -> dict:
+    les, d = r.lesion, r.decision
+    p = les.primary
+    return {
+        "index": les.index,
+        "class": d.cls,
+        "malignant": d.malignant,
+        "p_malignant": _num(d.p_malignant),
+        "probabilities": {k: _num(v) for k, v in d.probabilities.items()},
+        "center_mm": [round(v, 2) for v in les.center_mm],
+        "long_axis_mm": round(p.long_axis_mm, 1),
+        "short_axis_mm": round(p.short_axis_mm, 1),
+        "volume_ml": round(p.volume_ml, 2),
+        "phases": list(les.phases),
+        "size_method": "detector box (long/short side on the key slice; volume as stacked ellipses)",
+        "views": [
+            {
+                "phase": v.phase,
+                "series_uid": v.series_uid,
+                "key_slice_index": v.key.slice_index,
+                "key_sop_instance_uid": v.key_sop_instance_uid,
+                "key_box_xyxy": [round(x, 1) for x in (v.key.x1, v.key.y1, v.key.x2, v.key.y2)],
+                "boxes": [
+                    {"slice_index": b.slice_index, "sop_instance_uid": sop, "confidence": _num(b.confidence),
+                     "xyxy": [round(x, 1) for x in (b.x1, b.y1, b.x2, b.y2)]}
+                    for b, sop in zip(v.boxes, v.box_sop_instance_uids)
+                ],
+                "mean_hu": _num(v.mean_hu),
+                "detector_confidence": _num(v.confidence),
+            }
+            for v in les.views
+        ],
+        "crops": d.crops,
+    }

@@ -1,0 +1,129 @@
+"""Pipeline stages on constructed inputs with known answers: series, grouping, matching, hierarchy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.hierarchy import ALL_CLASSES, HierarchyLogits, decide
+from pipeline.lesions import Box2D, group_boxes, iou, match_phases, measure
+from pipeline.series import Geometry, LoadedSeries, SeriesError, load_series
+from tests.support.ctdata import SeriesSpec, uid, write_series
+
+REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata"
+
+
+def _series(tmp_path, n=6, **kw):
+    return write_series(tmp_path / "s", uid("stage", n), SeriesSpec("AP", n, thickness=2.5), rows=32, cols=32, **kw)
+
+
+def test_load_sorts_by_position_and_converts_to_hu(tmp_path):
+    paths = _series(tmp_path)
+    ds = [pydicom.dcmread(p) for p in paths]
+    ls = load_series(list(reversed(paths)))
+    assert ls.hu.shape == (6, 32, 32)
+    pos = ls.geometry.positions
+    assert np.all(np.diff(pos) > 0)
+    # Slice 0 is the most inferior (lowest z): instance 6 of the writer (z = -12.5).
+    lowest = min(ds, key=lambda d: d.ImagePositionPatient[2])
+    assert ls.sop_instance_uids[0] == lowest.SOPInstanceUID
+    np.testing.assert_array_equal(ls.hu[0], lowest.pixel_array.astype(np.float32))
+    assert ls.geometry.slice_spacing == pytest.approx(2.5)
+    # Pixel (row 2, column 3) of slice 0 in patient coordinates.
+    np.testing.assert_allclose(ls.geometry.to_patient(0, 2, 3),
+                               np.array(lowest.ImagePositionPatient, float) + [3 * 0.78125, 2 * 0.78125, 0])
+
+
+def test_irregular_series_get_reasons(tmp_path):
+    paths = _series(tmp_path, n=8)
+    ls = load_series(paths[:3] + paths[5:])
+    assert any("missing slices" in n for n in ls.notes)
+    dup = tmp_path / "dup.dcm"
+    d = pydicom.dcmread(paths[1])
+    d.SOPInstanceUID = uid("dup")
+    d.save_as(dup)
+    with pytest.raises(SeriesError, match="share one position"):
+        load_series(paths + [dup])
+    coronal = tmp_path / "cor"
+    coronal.mkdir()
+    for i, p in enumerate(paths):
+        d = pydicom.dcmread(p)
+        d.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        d.ImagePositionPatient = [0, float(i), 0]
+        d.save_as(coronal / p.name)
+    with pytest.raises(SeriesError, match="not an axial"):
+        load_series(sorted(coronal.iterdir()))
+    (tmp_path / "labels.json").write_text("{}")
+    assert any("non-DICOM" in n for n in load_series(paths + [tmp_path / "labels.json"]).notes)
+
+
+def test_ircad_headers_load():
+    folder = REALDATA / "3dircadb1.1" / "PATIENT_DICOM"
+    paths = sorted(folder.iterdir())[:12]
+    ls = load_series(paths)
+    assert ls.hu.shape[0] == 12
+    assert ls.hu.min() < -500 and ls.hu.max() > 100  # HU, not raw stored values
+    assert np.all(np.diff(ls.geometry.positions) > 0)
+
+
+def _b(s, x1, y1, x2, y2, c=0.9):
+    return Box2D(s, x1, y1, x2, y2, c)
+
+
+def test_grouping_follows_overlapping_boxes_across_slices():
+    per_slice = [
+        [_b(0, 10, 10, 20, 20)],
+        [_b(1, 11, 11, 21, 21), _b(1, 100, 100, 110, 110)],
+        [],  # one missed slice is bridged
+        [_b(3, 12, 12, 22, 22), _b(3, 101, 101, 111, 111)],
+        [],
+        [],
+        [_b(6, 12, 12, 22, 22)],  # two missing slices: a new lesion
+    ]
+    tracks = group_boxes(per_slice, max_skip=1)
+    assert sorted(len(t) for t in tracks) == [1, 2, 3]
+    assert [b.slice_index for b in max(tracks, key=len)] == [0, 1, 3]
+    assert iou(_b(0, 0, 0, 10, 10), _b(0, 5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+def _loaded(series_uid: str, n: int = 5, frame="1.2.3", offset=(0.0, 0.0, 0.0)) -> LoadedSeries:
+    origins = np.array([[-100.0 + offset[0], -100.0 + offset[1], 2.5 * i + offset[2]] for i in range(n)])
+    geo = Geometry(origins, np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), (0.5, 0.5), frame)
+    hu = np.zeros((n, 100, 100), np.float32)
+    hu[:, 20:40, 30:50] = 80.0
+    return LoadedSeries(series_uid, hu, geo, tuple(f"sop{i}" for i in range(n)), (None,) * n, "ct", "")
+
+
+def test_measure_and_match_across_phases():
+    ap, pv = _loaded("ap"), _loaded("pv")
+    track = [_b(1, 30, 20, 50, 40), _b(2, 28, 18, 52, 42), _b(3, 32, 22, 48, 38)]
+    lap = measure(track, ap, "AP")
+    assert lap.key.slice_index == 2
+    assert lap.long_axis_mm == pytest.approx(12.0) and lap.short_axis_mm == pytest.approx(12.0)
+    assert lap.mean_hu == pytest.approx(80.0, abs=15)
+    assert lap.key_sop_instance_uid == "sop2"
+    np.testing.assert_allclose(lap.center_mm, [-100 + 39.5 * 0.5, -100 + 29.5 * 0.5, 5.0])
+    lpv = measure([_b(2, 31, 21, 51, 41)], pv, "PVP")
+    far = measure([_b(2, 80, 80, 90, 90)], pv, "PVP")
+    lesions = match_phases([[lap], [lpv, far]])
+    assert len(lesions) == 2
+    assert sorted(lesions[0].phases) == ["AP", "PVP"]
+    assert lesions[1].phases == ("PVP",)
+
+
+def test_hierarchy_averages_logits_then_softmaxes():
+    # Two crops: malignant-leaning overall; within the malignant branch ICC wins on average.
+    logits = HierarchyLogits(
+        bm=np.array([[0.0, 2.0], [0.0, 0.0]]),
+        benign=np.array([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]]),
+        malignant=np.array([[0.0, 3.0, 0.0], [1.0, 0.0, 0.0]]),
+    )
+    d = decide(logits)
+    assert d.malignant and d.cls == "ICC"
+    assert d.p_malignant == pytest.approx(1 / (1 + np.exp(-1.0)))
+    assert sum(d.probabilities.values()) == pytest.approx(1.0)
+    assert set(d.probabilities) == set(ALL_CLASSES)
+    benign = decide(HierarchyLogits(np.array([[3.0, 0.0]]), np.array([[0.0, 0.0, 4.0]]), np.array([[9.0, 0, 0]])))
+    assert not benign.malignant and benign.cls == "CYST"  # the malignant model's opinion is not used
