@@ -118,7 +118,13 @@ class PipelineSettings:
 
 @dataclass(frozen=True)
 class ResultSettings:
-    destinations: list[str] = field(default_factory=list)  # AE@HOST:PORT each
+    destinations: list[str] = field(default_factory=list)  # AE@HOST:PORT each, for every study
+    # Calling AE title of the sender -> AE@HOST:PORT its results go back to.
+    return_to: dict[str, str] = field(default_factory=dict)
+    max_attempts: int = 8
+    retry_base_delay: float = 5.0  # seconds; doubles per attempt, with +-50% jitter
+    retry_max_delay: float = 900.0
+    send_interval: float = 2.0  # how often the outbox looks for due entries
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,14 @@ class Settings:
     def destinations(self) -> list[Destination]:
         return [Destination.parse(d, "results.destinations") for d in self.results.destinations]
 
+    def destinations_for(self, calling_aet: str | None) -> list[Destination]:
+        """Every configured destination, plus the return address of the AE that sent the study."""
+        dests = self.destinations
+        back = self.results.return_to.get((calling_aet or "").strip())
+        if back:
+            dests.append(Destination.parse(back, "results.return_to"))
+        return list(dict.fromkeys(dests))
+
 
 _SECTIONS: dict[str, type] = {
     "node": NodeSettings,
@@ -159,6 +173,11 @@ _SECTIONS: dict[str, type] = {
 
 def _coerce(key: str, annotation: Any, value: Any) -> Any:
     origin = typing.get_origin(annotation)
+    if origin is dict:
+        _, value_type = typing.get_args(annotation)
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a table, got {type(value).__name__}")
+        return {str(k): _coerce(f"{key}.{k}", value_type, v) for k, v in value.items()}
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
@@ -247,6 +266,12 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("pipeline.device", f"expected '', 'cpu' or 'cuda[:N]', got {s.pipeline.device!r}")
     for d in s.results.destinations:
         Destination.parse(d, "results.destinations")
+    for ae, d in s.results.return_to.items():
+        Destination.parse(d, f"results.return_to.{ae}")
+    for key, v in [("results.max_attempts", s.results.max_attempts), ("results.retry_base_delay",
+                   s.results.retry_base_delay), ("results.retry_max_delay", s.results.retry_max_delay),
+                   ("results.send_interval", s.results.send_interval)]:
+        positive(key, v)
 
 
 def settings_from_mapping(raw: Mapping[str, Any]) -> Settings:

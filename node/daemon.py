@@ -23,6 +23,7 @@ from .index import Index
 from .jobs import JobQueue
 from .logs import kv
 from .metrics import MetricsServer, NodeMetrics
+from .outbox import OutboxSender, RetryPolicy
 from .readiness import ReadinessPolicy
 from .scp import StorageSCP
 from .spool import Spool
@@ -73,6 +74,12 @@ class WorkerSupervisor:
             self.proc.wait()
 
 
+def _observe_e2e(index: Index, metrics: NodeMetrics, study_uid: str) -> None:
+    last = index.scalar("SELECT last_received FROM studies WHERE study_uid=?", (study_uid,))
+    if last is not None:
+        metrics.study_e2e_seconds.observe(max(time.time() - float(last), 0.0))
+
+
 def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     data_dir = settings.data_dir
     os.umask(0o077)
@@ -87,6 +94,12 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     assembler = StudyAssembler(
         index, queue, scheduler, readiness_policy(settings), settings.phases,
         on_ready=lambda uid, waited: metrics.study_ready_seconds.observe(waited),
+    )
+    sender = OutboxSender(
+        index, settings.node.ae_title,
+        RetryPolicy(settings.results.max_attempts, settings.results.retry_base_delay, settings.results.retry_max_delay),
+        on_result=lambda result: metrics.results_sent.labels(result).inc(),
+        on_study_delivered=lambda uid, rev: _observe_e2e(index, metrics, uid),
     )
     scp = StorageSCP(settings, spool, metrics, assembler.instance_stored, assembler.association_released)
 
@@ -106,6 +119,8 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
 
     scheduler.start()
     recovered = assembler.recover()
+    scheduler.add_job(sender.run_once, "interval", seconds=settings.results.send_interval, id="outbox",
+                      replace_existing=True, coalesce=True, max_instances=1)
     dicom_port = scp.start()
     http.start()
     print(f"listening dicom={dicom_port} metrics={http.port}", flush=True)

@@ -80,6 +80,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (study_uid, revision)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,                 -- pending | done | dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created REAL NOT NULL,
+    done_at REAL,
+    UNIQUE (sop_instance_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER PRIMARY KEY,
     started REAL NOT NULL,

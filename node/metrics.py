@@ -39,6 +39,13 @@ class IndexStateCollector:
             for state, count in self.index.counts_by_state(table).items():
                 family.add_metric([state], count)
             yield family
+        family = GaugeMetricFamily("liver_node_outbox", "Result deliveries by state", labels=["state"])
+        counts = {"pending": 0, "done": 0, "dead": 0}
+        for state, n in self.index.query("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+            counts[state] = n
+        for state, n in counts.items():
+            family.add_metric([state], n)
+        yield family
 
 
 class NodeMetrics:
@@ -60,6 +67,13 @@ class NodeMetrics:
         )
         self.study_ready_seconds = Histogram(
             "liver_node_study_ready_seconds", "First instance received to study ready",
+            buckets=STUDY_BUCKETS, registry=self.registry,
+        )
+        self.results_sent = Counter(
+            "liver_node_results_sent", "Result instance deliveries by outcome", ["result"], registry=self.registry
+        )
+        self.study_e2e_seconds = Histogram(
+            "liver_node_study_e2e_seconds", "Last instance received to last result acknowledged by the destination",
             buckets=STUDY_BUCKETS, registry=self.registry,
         )
         if index is not None:

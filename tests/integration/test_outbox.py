@@ -1,0 +1,148 @@
+"""The outbox against a real DCMTK storescp: late destination, permanent refusal, no resend of done."""
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import time
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from node.config import Destination
+from node.index import Index
+from node.outbox import OutboxSender, RetryPolicy, classify_status, enqueue
+from tests.support.ctdata import SeriesSpec, uid, write_series
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+class StoreSCP:
+    def __init__(self, folder, port: int, *flags: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(folder), *flags, str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Ready when a probe association gets an answer (accepted, or rejected by --refuse).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if _listening(port):
+                ae = AE(ae_title="PROBE")
+                ae.add_requested_context(Verification)
+                assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+                if assoc.is_established:
+                    assoc.release()
+                    return
+                if assoc.is_rejected:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("storescp did not start")
+
+    def received(self) -> list[str]:
+        return sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.folder.iterdir())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def setup(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    files = write_series(tmp_path / "results", uid("outbox"), SeriesSpec("SR stand-in", 3), rows=16, cols=16)
+    yield index, files
+    index.close()
+
+
+def _states(index):
+    return sorted(r[0] for r in index.query("SELECT state FROM outbox"))
+
+
+def test_destination_down_then_up_delivers_once(setup, tmp_path):
+    index, files = setup
+    port = free_port()
+    dest = Destination("PACS", "127.0.0.1", port)
+    clock = Clock()
+    results: list[str] = []
+    delivered: list = []
+    sender = OutboxSender(index, "LIVERNODE", RetryPolicy(5, 10.0, 60.0), on_result=results.append,
+                          on_study_delivered=lambda u, r: delivered.append((u, r)), clock=clock, seed=1)
+    assert enqueue(index, "1.2.3", 1, files, [dest], clock()) == 3
+    assert enqueue(index, "1.2.3", 1, files, [dest], clock()) == 0  # idempotent
+    assert sender.run_once() == 0  # nobody listening: retried later, not lost
+    rows = index.query("SELECT attempts, next_attempt_at, last_error FROM outbox")
+    assert all(r[0] == 1 and 5.0 <= r[1] - clock() <= 15.0 for r in rows)
+    assert sender.run_once() == 0 and results.count("retry") == 3  # not due yet: no retry storm
+    pacs = StoreSCP(tmp_path / "pacs", port)
+    try:
+        clock.t += 16
+        assert sender.run_once() == 3
+        assert _states(index) == ["done"] * 3
+        assert delivered == [("1.2.3", 1)]
+        clock.t += 1000
+        assert sender.run_once() == 0  # done entries are never resent
+        expected = sorted(str(pydicom.dcmread(f).SOPInstanceUID) for f in files)
+        assert pacs.received() == expected
+    finally:
+        pacs.stop()
+
+
+def test_permanent_refusal_goes_to_dead_letter_at_once(setup, tmp_path):
+    index, files = setup
+    # A pynetdicom SCP that knows only another calling AE: A-ASSOCIATE-RJ, rejected permanent.
+    # (DCMTK's storescp --refuse closes the socket right after its RJ, and the requestor sometimes
+    # sees the close first: that reads as a transient failure, which is retried as it should be.)
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(CTImageStorage)
+    ae.require_calling_aet = ["SOMEONE"]
+    pacs = ae.start_server(("127.0.0.1", 0), block=False)
+    port = pacs.server_address[1]
+    results: list[str] = []
+    try:
+        sender = OutboxSender(index, "LIVERNODE", RetryPolicy(5, 1.0, 10.0), on_result=results.append)
+        enqueue(index, "1.2.3", 1, files, [Destination("PACS", "127.0.0.1", port)], time.time())
+        sender.run_once()
+        assert _states(index) == ["dead"] * 3
+        assert results == ["dead_letter"] * 3
+        assert "rejected (permanent)" in index.scalar("SELECT last_error FROM outbox")
+        assert sender.run_once() == 0 and len(results) == 3
+    finally:
+        pacs.shutdown()
+
+
+def test_status_classification_and_backoff():
+    assert classify_status(0x0000).ok and classify_status(0xB000).ok
+    assert classify_status(0x0122).permanent and classify_status(0xA900).permanent
+    assert classify_status(0xC211).permanent
+    assert not classify_status(0xA700).permanent and not classify_status(None).permanent
+    policy, rng = RetryPolicy(8, 5.0, 60.0), random.Random(0)
+    delays = [policy.delay(a, rng) for a in range(1, 8)]
+    assert 2.5 <= delays[0] <= 7.5 and all(d <= 90.0 for d in delays)
+    assert delays[4] > delays[0]
