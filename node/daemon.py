@@ -24,6 +24,7 @@ from .jobs import JobQueue
 from .logs import kv
 from .metrics import MetricsServer, NodeMetrics
 from .outbox import OutboxSender, RetryPolicy
+from .sdnotify import Notifier
 from .readiness import ReadinessPolicy
 from .scp import StorageSCP
 from .spool import Spool
@@ -61,7 +62,9 @@ class WorkerSupervisor:
             self.proc = None
             self._next_start = time.monotonic() + min(60.0, 2.0 ** min(self.restarts, 6))
         if time.monotonic() >= self._next_start:
-            self.proc = subprocess.Popen(self.argv)
+            # The worker reports to nobody's notify socket: under systemd it is its own unit.
+            env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+            self.proc = subprocess.Popen(self.argv, env=env)
 
     def stop(self, timeout: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -72,6 +75,13 @@ class WorkerSupervisor:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _status_line(index: Index, scp: StorageSCP) -> str:
+    jobs = index.counts_by_state("jobs")
+    pending = index.scalar("SELECT COUNT(*) FROM outbox WHERE state='pending'")
+    return (f"associations={scp.active_associations()} jobs_queued={jobs['queued']} "
+            f"jobs_running={jobs['running']} outbox_pending={pending}")
 
 
 def _observe_e2e(index: Index, metrics: NodeMetrics, study_uid: str) -> None:
@@ -127,11 +137,20 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     log.info("%s", kv(event="started", ae_title=settings.node.ae_title, dicom_port=dicom_port,
                       metrics_port=http.port, data_dir=data_dir, swept_partial=swept, studies_recovered=recovered))
     supervisor = WorkerSupervisor(worker_argv) if settings.worker.enabled and worker_argv else None
+    notifier = Notifier()
+    # READY once the DICOM port is bound, state recovered and timers armed (the worker reports its own).
+    notifier.ready(_status_line(index, scp))
+    tick = min(1.0, notifier.watchdog_interval or 1.0)
     while not stop.is_set():
         if supervisor is not None:
             supervisor.poll()
-        stop.wait(1.0)
+        metrics.refresh_spool(spool)
+        metrics.collect_worker()
+        notifier.watchdog()
+        notifier.status(_status_line(index, scp))
+        stop.wait(tick)
 
+    notifier.stopping()
     log.info("%s", kv(event="stopping", active_associations=scp.active_associations()))
     scp.shutdown(drain_timeout=settings.worker.shutdown_timeout / 2)
     scheduler.shutdown(wait=False)

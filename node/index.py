@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL,
     worker_pid INTEGER,
+    timings TEXT,                        -- JSON {stage: seconds} of the pipeline run
     UNIQUE (study_uid, revision)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -102,6 +103,7 @@ CREATE TABLE IF NOT EXISTS workers (
     started REAL NOT NULL,
     heartbeat REAL NOT NULL,
     models_loaded INTEGER NOT NULL DEFAULT 0,
+    models TEXT,                         -- JSON [{name, version, sha256}]
     status TEXT
 );
 """
@@ -138,6 +140,17 @@ class Index:
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
+        self._migrate()
+
+    # Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
+    # EXISTS leaves an older database's tables as they were, so add what they lack.
+    _ADDED_COLUMNS = (("jobs", "timings", "TEXT"), ("workers", "models", "TEXT"))
+
+    def _migrate(self) -> None:
+        for table, column, decl in self._ADDED_COLUMNS:
+            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ it has used ``max_attempts``, then failed with that reason, so a poison study ca
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -57,10 +58,11 @@ class JobQueue:
             )
             return Job(row["id"], row["study_uid"], row["revision"], row["attempts"] + 1, row["trigger"])
 
-    def finish(self, job: Job, ok: bool, reason: str | None, now: float) -> None:
+    def finish(self, job: Job, ok: bool, reason: str | None, now: float, timings: dict | None = None) -> None:
         state = "done" if ok else "failed"
         with self.index.transaction() as c:
-            c.execute("UPDATE jobs SET state=?, reason=?, finished=? WHERE id=?", (state, reason, now, job.id))
+            c.execute("UPDATE jobs SET state=?, reason=?, finished=?, timings=? WHERE id=?",
+                      (state, reason, now, json.dumps(timings) if timings else None, job.id))
             # Only the latest revision moves the study; a late arrival has already reopened it.
             c.execute(
                 "UPDATE studies SET state=?, completed_at=? WHERE study_uid=? AND revision=? AND state='ready'",

@@ -6,15 +6,17 @@ processes and restarts without bookkeeping.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector,
+                               ProcessCollector, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client import PlatformCollector, ProcessCollector
 
 from .index import Index
 
@@ -76,8 +78,43 @@ class NodeMetrics:
             "liver_node_study_e2e_seconds", "Last instance received to last result acknowledged by the destination",
             buckets=STUDY_BUCKETS, registry=self.registry,
         )
+        self.spool_bytes = Gauge("liver_node_spool_bytes", "Bytes of received instances in the spool",
+                                 registry=self.registry)
+        self.spool_free_ratio = Gauge("liver_node_spool_free_ratio", "Free fraction of the spool filesystem",
+                                      registry=self.registry)
+        self.ready = Gauge("liver_node_ready", "1 when /readyz passes (spool writable, worker alive with models)",
+                           registry=self.registry)
+        self.stage_seconds = Histogram(
+            "liver_node_pipeline_stage_seconds", "Duration of each pipeline stage per study", ["stage"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600), registry=self.registry,
+        )
+        self.model_info = Info("liver_node_model", "Models loaded by the inference worker", ["name"],
+                               registry=self.registry)
+        self._index = index
+        self._last_job_seen = 0
         if index is not None:
             self.registry.register(IndexStateCollector(index))
+
+    def collect_worker(self) -> None:
+        """Carry the worker process's figures (stage timings, models) into this registry."""
+        if self._index is None:
+            return
+        for job_id, timings in self._index.query(
+                "SELECT id, timings FROM jobs WHERE id > ? AND timings IS NOT NULL ORDER BY id", (self._last_job_seen,)):
+            for stage, seconds in json.loads(timings).items():
+                self.stage_seconds.labels(stage).observe(float(seconds))
+            self._last_job_seen = job_id
+        row = self._index.query("SELECT models FROM workers WHERE models IS NOT NULL ORDER BY heartbeat DESC LIMIT 1")
+        if row:
+            for model in json.loads(row[0][0]):
+                self.model_info.labels(model["name"]).info({"version": model["version"],
+                                                            "sha256": model["sha256"][:16]})
+
+    def refresh_spool(self, spool) -> None:  # noqa: ANN001 - node.spool.Spool (avoids an import cycle)
+        usage = shutil.disk_usage(spool.root)
+        self.spool_free_ratio.set(usage.free / usage.total if usage.total else 0.0)
+        if self._index is not None:
+            self.spool_bytes.set(float(self._index.scalar("SELECT COALESCE(SUM(size), 0) FROM instances") or 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -114,6 +151,7 @@ class MetricsServer:
             ok, detail = probe()
             if not ok:
                 problems.append(detail)
+        self.metrics.ready.set(0 if problems else 1)
         return not problems, problems
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -123,6 +161,7 @@ class MetricsServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
+                    server.check_ready()  # keeps liver_node_ready current for scrapes
                     self._reply(200, server.metrics.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._reply(200, b"ok\n")

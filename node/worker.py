@@ -7,6 +7,7 @@ models are loaded and the worker is alive.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from .config import Settings
 from .index import Index
 from .jobs import Job, JobQueue
 from .logs import kv
+from .sdnotify import Notifier
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -73,17 +75,23 @@ class Worker:
         self.pid = os.getpid()
         self.runner = None  # pipeline.analyzer.Analyzer once loaded
         self.unavailable_reason: str | None = None
+        self.notifier = Notifier()
 
     def results_dir(self, job: Job):
         return self.settings.data_dir / "results" / self.spool.study_dir(job.study_uid).name / f"rev-{job.revision}"
 
+    def _models_json(self) -> str | None:
+        if self.runner is None:
+            return None
+        return json.dumps([{"name": m.name, "version": m.version, "sha256": m.sha256} for m in self.runner.models])
+
     def heartbeat(self, status: str) -> None:
         with self.index.transaction() as c:
             c.execute(
-                "INSERT INTO workers (pid, started, heartbeat, models_loaded, status) VALUES (?,?,?,?,?)"
+                "INSERT INTO workers (pid, started, heartbeat, models_loaded, models, status) VALUES (?,?,?,?,?,?)"
                 " ON CONFLICT(pid) DO UPDATE SET heartbeat=excluded.heartbeat, models_loaded=excluded.models_loaded,"
-                " status=excluded.status",
-                (self.pid, time.time(), time.time(), int(self.runner is not None), status),
+                " models=excluded.models, status=excluded.status",
+                (self.pid, time.time(), time.time(), int(self.runner is not None), self._models_json(), status),
             )
 
     def run(self) -> int:
@@ -97,13 +105,17 @@ class Worker:
             self.unavailable_reason = str(exc)
             log.error("%s", kv(event="pipeline_unavailable", reason=exc))
         self.heartbeat("idle")
+        # READY only once the models are loaded (or known to be unavailable, which /readyz reports).
+        self.notifier.ready("models loaded" if self.runner else f"no models: {self.unavailable_reason}")
         while not self.stop.is_set():
+            self.notifier.watchdog()
             job = self.queue.claim(self.pid, time.time())
             if job is None:
                 self.heartbeat("idle")
-                self.stop.wait(self.settings.worker.poll_interval)
+                self.stop.wait(min(self.settings.worker.poll_interval, self.notifier.watchdog_interval or 1.0))
                 continue
             self._run_job(job)
+        self.notifier.stopping()
         with self.index.transaction() as c:
             c.execute("DELETE FROM workers WHERE pid=?", (self.pid,))
         self.index.close()
@@ -126,6 +138,7 @@ class Worker:
                 series = [SeriesInput(s.series_uid, s.phase, s.phase_reason, s.paths)
                           for s in study_series(self.index, self.spool, job.study_uid)]
                 result = self.runner.run_study(job.study_uid, series)
+                outcome["timings"] = result.timings_s
                 outcome["path"] = result.write(self.results_dir(job))
                 if result.status != "ok":
                     outcome["error"] = f"not analysed: {result.reason}"
@@ -136,6 +149,7 @@ class Worker:
         thread.start()
         while thread.is_alive():
             thread.join(1.0)
+            self.notifier.watchdog()
             self.heartbeat(f"running job {job.id}")
             if self.stop.is_set():
                 thread.join(self.settings.worker.shutdown_timeout)
@@ -144,7 +158,7 @@ class Worker:
                     log.warning("%s", kv(event="job_parked", job=job.id, reason="shutdown"))
                     return
         ok = "error" not in outcome
-        self.queue.finish(job, ok, outcome.get("error"), time.time())
+        self.queue.finish(job, ok, outcome.get("error"), time.time(), outcome.get("timings"))
         log.log(logging.INFO if ok else logging.ERROR, "%s",
                 kv(event="job_done" if ok else "job_failed", job=job.id, reason=outcome.get("error", "")))
 
