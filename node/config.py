@@ -128,6 +128,13 @@ class ResultSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    completed_days: float = 7.0  # received instances and results of analysed studies are deleted after this
+    failed_days: float = 30.0  # ...and of studies whose analysis failed (kept longer for investigation)
+    interval: float = 3600.0  # seconds between retention runs
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
@@ -136,6 +143,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     results: ResultSettings = field(default_factory=ResultSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     phases: PhaseRules = field(default_factory=PhaseRules)
 
     @property
@@ -168,6 +176,7 @@ _SECTIONS: dict[str, type] = {
     "worker": WorkerSettings,
     "results": ResultSettings,
     "pipeline": PipelineSettings,
+    "retention": RetentionSettings,
 }
 
 
@@ -246,6 +255,9 @@ def _check_ranges(s: Settings) -> None:
         ("worker.poll_interval", s.worker.poll_interval),
         ("worker.max_attempts", s.worker.max_attempts),
         ("worker.shutdown_timeout", s.worker.shutdown_timeout),
+        ("retention.completed_days", s.retention.completed_days),
+        ("retention.failed_days", s.retention.failed_days),
+        ("retention.interval", s.retention.interval),
     ]:
         positive(key, v)
     if not 4096 <= s.node.max_pdu <= s.node.max_pdu_accepted:

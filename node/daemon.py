@@ -24,6 +24,7 @@ from .jobs import JobQueue
 from .logs import kv
 from .metrics import MetricsServer, NodeMetrics
 from .outbox import OutboxSender, RetryPolicy
+from .retention import RetentionJob, RetentionPolicy
 from .sdnotify import Notifier
 from .readiness import ReadinessPolicy
 from .scp import StorageSCP
@@ -129,6 +130,11 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
 
     scheduler.start()
     recovered = assembler.recover()
+    retention = RetentionJob(index, spool, RetentionPolicy(settings.retention.completed_days,
+                                                           settings.retention.failed_days),
+                             on_removed=lambda kind, n: metrics.retention_removed.labels(kind).inc(n))
+    scheduler.add_job(retention.run_once, "interval", seconds=settings.retention.interval, id="retention",
+                      replace_existing=True, coalesce=True, max_instances=1)
     scheduler.add_job(sender.run_once, "interval", seconds=settings.results.send_interval, id="outbox",
                       replace_existing=True, coalesce=True, max_instances=1)
     dicom_port = scp.start()

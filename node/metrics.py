@@ -90,6 +90,8 @@ class NodeMetrics:
         )
         self.model_info = Info("liver_node_model", "Models loaded by the inference worker", ["name"],
                                registry=self.registry)
+        self.retention_removed = Counter("liver_node_retention_removed", "What the retention job deleted",
+                                         ["kind"], registry=self.registry)
         self._index = index
         self._last_job_seen = 0
         if index is not None:
