@@ -169,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         from .daemon import serve
+        from .tls import TLSConfigError
 
-        return serve(settings, _worker_argv(args, settings))
+        try:
+            return serve(settings, _worker_argv(args, settings))
+        except TLSConfigError as exc:
+            print(f"liver-node: configuration error: tls: {exc}", file=sys.stderr)
+            return 2
     if args.command == "worker":
         from .worker import Worker
 

@@ -128,6 +128,16 @@ class ResultSettings:
 
 
 @dataclass(frozen=True)
+class TLSSettings:
+    enabled: bool = False  # TLS-only listener on node.port (DICOM's usual TLS port is 2762)
+    certificate: str = ""  # PEM certificate chain of this node
+    private_key: str = ""
+    ca_file: str = ""  # PEM CA bundle trusted for peers (clients and result destinations)
+    require_client_certificate: bool = True
+    outgoing: bool = False  # use TLS, with the same certificate and CA, for result deliveries
+
+
+@dataclass(frozen=True)
 class RetentionSettings:
     completed_days: float = 7.0  # received instances and results of analysed studies are deleted after this
     failed_days: float = 30.0  # ...and of studies whose analysis failed (kept longer for investigation)
@@ -144,11 +154,19 @@ class Settings:
     results: ResultSettings = field(default_factory=ResultSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
     phases: PhaseRules = field(default_factory=PhaseRules)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.node.data_dir).resolve()
+
+    @property
+    def tls_files(self):  # noqa: ANN201 - node.tls.TLSFiles, imported lazily
+        from .tls import TLSFiles
+
+        t = self.tls
+        return TLSFiles(t.certificate, t.private_key, t.ca_file, t.require_client_certificate)
 
     @property
     def weights_dir(self) -> Path:
@@ -177,6 +195,7 @@ _SECTIONS: dict[str, type] = {
     "results": ResultSettings,
     "pipeline": PipelineSettings,
     "retention": RetentionSettings,
+    "tls": TLSSettings,
 }
 
 
@@ -276,6 +295,11 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("pipeline.unknown_phase", "must be 'run' or 'refuse'")
     if s.pipeline.device and not re.fullmatch(r"cpu|cuda(:\d+)?", s.pipeline.device):
         raise ConfigError("pipeline.device", f"expected '', 'cpu' or 'cuda[:N]', got {s.pipeline.device!r}")
+    if s.tls.enabled or s.tls.outgoing:
+        for key in ("certificate", "private_key", "ca_file"):
+            value = getattr(s.tls, key)
+            if not value or not Path(value).is_file():
+                raise ConfigError(f"tls.{key}", f"file not found: {value!r}")
     for d in s.results.destinations:
         Destination.parse(d, "results.destinations")
     for ae, d in s.results.return_to.items():

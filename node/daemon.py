@@ -26,6 +26,7 @@ from .metrics import MetricsServer, NodeMetrics
 from .outbox import OutboxSender, RetryPolicy
 from .retention import RetentionJob, RetentionPolicy
 from .sdnotify import Notifier
+from .tls import client_context
 from .readiness import ReadinessPolicy
 from .scp import StorageSCP
 from .spool import Spool
@@ -111,6 +112,7 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
         RetryPolicy(settings.results.max_attempts, settings.results.retry_base_delay, settings.results.retry_max_delay),
         on_result=lambda result: metrics.results_sent.labels(result).inc(),
         on_study_delivered=lambda uid, rev: _observe_e2e(index, metrics, uid),
+        tls=client_context(settings.tls_files) if settings.tls.outgoing else None,
     )
     scp = StorageSCP(settings, spool, metrics, assembler.instance_stored, assembler.association_released)
 

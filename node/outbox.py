@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ class OutboxSender:
     def __init__(self, index: Index, calling_aet: str, policy: RetryPolicy = RetryPolicy(),
                  on_result: Callable[[str], None] = lambda result: None,
                  on_study_delivered: Callable[[str, int], None] = lambda uid, rev: None,
-                 clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
+                 clock: Callable[[], float] = time.time, seed: int | None = None,
+                 tls: "ssl.SSLContext | None" = None) -> None:
         self.index = index
         self.calling_aet = calling_aet
         self.policy = policy
@@ -93,6 +95,7 @@ class OutboxSender:
         self.on_study_delivered = on_study_delivered
         self.clock = clock
         self.rng = random.Random(seed)
+        self.tls = tls
         self._lock = threading.Lock()  # one round at a time, even if the scheduler overlaps
 
     def counts(self) -> dict[str, int]:
@@ -123,7 +126,8 @@ class OutboxSender:
         for row in rows:
             contexts.setdefault(row["sop_class_uid"], build_context(
                 row["sop_class_uid"], [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-        assoc = ae.associate(dest.host, dest.port, contexts=list(contexts.values())[:128], ae_title=dest.ae_title)
+        assoc = ae.associate(dest.host, dest.port, contexts=list(contexts.values())[:128], ae_title=dest.ae_title,
+                             tls_args=(self.tls, None) if self.tls else None)
         if not assoc.is_established:
             permanent = assoc.is_rejected and getattr(assoc.acceptor.primitive, "result", None) == 0x01
             reason = "association rejected (permanent)" if permanent else (

@@ -42,6 +42,7 @@ from .config import Settings
 from .logs import kv
 from .metrics import NodeMetrics
 from .spool import Spool, SpoolError
+from .tls import DeferredHandshakeServer, server_context
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,10 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
         ]
         n = self.settings.node
-        self.server = self.ae.start_server((n.bind, n.port), block=False, evt_handlers=handlers)
+        ssl_context = server_context(self.settings.tls_files) if self.settings.tls.enabled else None
+        self.server = self.ae.make_server((n.bind, n.port), ssl_context=ssl_context, evt_handlers=handlers,
+                                          server_class=DeferredHandshakeServer)
+        threading.Thread(target=self.server.serve_forever, name="dicom-accept", daemon=True).start()
         return int(self.server.server_address[1])
 
     def stop_accepting(self) -> None:
