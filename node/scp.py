@@ -142,6 +142,7 @@ class StorageSCP:
         ssl_context = server_context(self.settings.tls_files) if self.settings.tls.enabled else None
         self.server = self.ae.make_server((n.bind, n.port), ssl_context=ssl_context, evt_handlers=handlers,
                                           server_class=DeferredHandshakeServer)
+        self.ae._servers.append(self.server)  # as start_server does: the server's shutdown() expects it
         threading.Thread(target=self.server.serve_forever, name="dicom-accept", daemon=True).start()
         return int(self.server.server_address[1])
 
