@@ -66,6 +66,7 @@ class WorkerSupervisor:
         if time.monotonic() >= self._next_start:
             # The worker reports to nobody's notify socket: under systemd it is its own unit.
             env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+            env["LIVER_NODE_SUPERVISOR_PID"] = str(os.getpid())  # the worker exits if its supervisor dies
             self.proc = subprocess.Popen(self.argv, env=env)
 
     def stop(self, timeout: float) -> None:

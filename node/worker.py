@@ -80,6 +80,12 @@ class Worker:
     def results_dir(self, job: Job):
         return self.settings.data_dir / "results" / self.spool.study_dir(job.study_uid).name / f"rev-{job.revision}"
 
+    @staticmethod
+    def _orphaned() -> bool:
+        """Started by `serve` and that process is gone (a crash or kill -9 of the receiver)."""
+        supervisor = os.environ.get("LIVER_NODE_SUPERVISOR_PID")
+        return bool(supervisor) and os.getppid() != int(supervisor)
+
     def _models_json(self) -> str | None:
         if self.runner is None:
             return None
@@ -108,6 +114,9 @@ class Worker:
         # READY only once the models are loaded (or known to be unavailable, which /readyz reports).
         self.notifier.ready("models loaded" if self.runner else f"no models: {self.unavailable_reason}")
         while not self.stop.is_set():
+            if self._orphaned():
+                log.error("%s", kv(event="supervisor_gone", action="exit"))
+                break
             self.notifier.watchdog()
             job = self.queue.claim(self.pid, time.time())
             if job is None:

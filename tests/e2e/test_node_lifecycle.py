@@ -113,3 +113,17 @@ def test_sigterm_exits_zero_promptly(node_factory):
     assert node.stop(timeout=60) == 0
     assert time.monotonic() - started < 45
     assert "event=stopped" in node.log_text()
+
+
+def test_worker_exits_when_the_receiver_is_killed(node_factory):
+    import os
+    import signal
+    from pathlib import Path
+
+    node = node_factory()
+    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children")
+    worker_pid = int(node.wait_for(lambda: children.read_text().split(), timeout=30)[0])
+    os.kill(node.proc.pid, signal.SIGKILL)  # the receiver alone, not its process group
+    node.proc.wait()
+    node.wait_for(lambda: not Path(f"/proc/{worker_pid}").exists() or
+                  Path(f"/proc/{worker_pid}/stat").read_text().split()[2] == "Z", timeout=30)
