@@ -1,0 +1,180 @@
+"""Result objects (SR + SCs) from a real phantom study result: DCMTK/dicom3tools validate them,
+highdicom reads the SR back, UIDs are deterministic, amendments keep tracking UIDs; Grad-CAM works
+on a tiny LiLNet. Oracle detector and fixed classifier as in tests/unit/test_analyzer.py."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from pipeline.analyzer import Analyzer
+from pipeline.batch import scan_studies, study_inputs
+from pipeline.imaging import window_u8
+from pipeline.phases import PhaseRules
+from pipeline.phantom import CaseOptions, ContrastPhase, LesionClass, WriteOptions, make_study
+from pipeline.report import build_result_objects, build_sr
+from pipeline.report.heatmap import grad_cam
+from pipeline.result import ModelInfo, StudyResult
+from pipeline.series import load_series
+from tests.unit.test_analyzer import FixedClassifier, _oracle
+
+MODELS = [ModelInfo("bm", "1.0", "a" * 64), ModelInfo("benign", "1.0", "b" * 64), ModelInfo("malignant", "1.0", "c" * 64)]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phantom")
+    opts = CaseOptions(phases=(ContrastPhase.AP, ContrastPhase.PVP), n_slices=12, slice_thickness_mm=5.0,
+                       lesion_classes=(LesionClass.HCC,), max_lesions=1)
+    make_study(out, 11, 0, opts, WriteOptions())
+    (study_uid, series), = scan_studies(out).items()
+    result = Analyzer(_oracle(out), FixedClassifier(), MODELS).run_study(study_uid, study_inputs(series, PhaseRules()))
+    result.models = list(MODELS)
+    headers, slices = {}, {}
+    for scan in series.values():
+        for p in scan.paths:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            headers[ds.SOPInstanceUID] = ds
+        ls = load_series(scan.paths)
+        for sop, img in zip(ls.sop_instance_uids, window_u8(ls.hu)):
+            slices[sop] = img
+    return result, headers, slices
+
+
+def _heatmap() -> np.ndarray:
+    yy, xx = np.mgrid[0:224, 0:224]
+    return np.exp(-((xx - 112) ** 2 + (yy - 112) ** 2) / (2 * 30.0**2)).astype(np.float32)
+
+
+def _write(ds, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _dciodvfy(path: Path) -> list[str]:
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    errors = [l for l in lines if l.startswith("Error")]
+    assert not errors, f"{path.name}: {errors}"
+    return [l for l in lines if l.startswith("Warning")]
+
+
+def _groups(sr):
+    return [g for g in sr.content.get_planar_roi_measurement_groups()]
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None or shutil.which("dsrdump") is None, reason="needs dicom3tools and dcmtk")
+def test_objects_validate_and_round_trip(study, tmp_path):
+    result, headers, slices = study
+    assert result.status == "ok" and len(result.lesions) == 1
+    objs = build_result_objects(result, headers, slices, {result.lesions[0].lesion.index: _heatmap()})
+    assert len(objs) == 3 and isinstance(objs[0], hd.sr.Comprehensive3DSR)
+    warnings = {}
+    for i, ds in enumerate(objs):
+        path = _write(ds, tmp_path / f"obj{i}.dcm")
+        warnings[path.name] = _dciodvfy(path)
+    (tmp_path / "warnings.json").write_text(json.dumps(warnings, indent=1))
+    print(json.dumps(warnings, indent=1))
+    dump = subprocess.run(["dsrdump", str(tmp_path / "obj0.dcm")], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    assert "25370001" in dump.stdout or "Hepatocellular carcinoma" in dump.stdout
+
+    sr = hd.sr.srread(tmp_path / "obj0.dcm")
+    (group,) = _groups(sr)
+    lesion = result.lesions[0]
+    view = lesion.lesion.primary
+    assert group.finding_type.value == "25370001"
+    assert [s.value.value for s in group.finding_sites] == ["10200004"]
+    region = group.roi
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == view.key_sop_instance_uid
+    b = view.key
+    expected = np.array([[b.x1, b.y1], [b.x2, b.y1], [b.x2, b.y2], [b.x1, b.y2], [b.x1, b.y1]])
+    np.testing.assert_allclose(region.value, expected, atol=1e-3)
+    values = {m.name.meaning: m.value for m in group.get_measurements()}
+    assert values["Long axis"] == pytest.approx(view.long_axis_mm, abs=0.01)
+    for cls, p in lesion.decision.probabilities.items():
+        match = [v for k, v in values.items() if k.startswith("Probability of") and k != "Probability of cancer"
+                 and m_code(group, k) == f"P-{cls}"]
+        assert match and match[0] == pytest.approx(p, abs=1e-5)
+    assert values["Probability of cancer"] == pytest.approx(lesion.decision.p_malignant, abs=1e-5)
+    # evidence, contributing equipment, SC header facts
+    ev = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+          for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    assert view.key_sop_instance_uid in ev
+    (eq,) = [e for e in sr.ContributingEquipmentSequence if e.get("DeviceUID")]
+    assert eq.PurposeOfReferenceCodeSequence[0].CodeValue == "109102" and eq.ManufacturerModelName.startswith("liver-node")
+    for sc in objs[1:]:
+        assert sc.BurnedInAnnotation == "YES" and sc.SamplesPerPixel == 3 and sc.BitsAllocated == 8
+        assert sc.StudyInstanceUID == result.study_instance_uid
+        assert sc.SeriesInstanceUID not in {h.SeriesInstanceUID for h in headers.values()}
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == view.key_sop_instance_uid
+        assert "PatientName" not in sc or str(sc.PatientName) == str(headers[view.key_sop_instance_uid].PatientName)
+    from PIL import Image
+    Image.fromarray(objs[1].pixel_array).save("/tmp/liver_node_lesion_sc.png")
+    Image.fromarray(objs[2].pixel_array).save("/tmp/liver_node_case_sc.png")
+
+
+def m_code(group, meaning: str) -> str:
+    return next(m.name.value for m in group.get_measurements() if m.name.meaning == meaning)
+
+
+def test_same_inputs_same_uids_and_amendment_keeps_tracking(study, tmp_path):
+    result, headers, slices = study
+    a = build_result_objects(result, headers, slices, None)
+    b = build_result_objects(result, headers, slices, None)
+    assert [d.SOPInstanceUID for d in a] == [d.SOPInstanceUID for d in b]
+    assert build_sr(result, headers).SOPInstanceUID == a[0].SOPInstanceUID
+    assert a[0].SeriesInstanceUID not in {h.SeriesInstanceUID for h in headers.values()}
+    newer = StudyResult(**{**result.__dict__, "models": [replace(MODELS[0], sha256="d" * 64), *MODELS[1:]]})
+    c = build_result_objects(newer, headers, slices, None)
+    assert not {d.SOPInstanceUID for d in a} & {d.SOPInstanceUID for d in c}
+    dev = lambda sr: {e.get("DeviceUID") for e in sr.ContributingEquipmentSequence} - {None}
+    assert dev(a[0]) and dev(a[0]) != dev(c[0])
+
+    amended = build_result_objects(result, headers, slices, None, revision=2, predecessor_sr=a[0])
+    assert amended[0].SOPInstanceUID != a[0].SOPInstanceUID
+    pred = amended[0].PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == a[0].SOPInstanceUID
+    track = lambda sr: [g.tracking_uid for g in _groups(hd.sr.Comprehensive3DSR.from_dataset(copy.deepcopy(sr)))]
+    assert track(amended[0]) == track(a[0])
+    path = _write(amended[0], tmp_path / "amended.dcm")
+    if shutil.which("dciodvfy"):
+        _dciodvfy(path)
+
+
+@pytest.mark.parametrize("status", ["no_lesion", "not_analysed"])
+def test_empty_and_refused_srs_validate(study, tmp_path, status):
+    result, headers, slices = study
+    if status == "no_lesion":
+        r = StudyResult(result.study_instance_uid, "ok", phase_mode="AP+PVP", models=list(MODELS))
+        text = "No liver lesion found"
+    else:
+        r = StudyResult(result.study_instance_uid, "not_analysed", reason="no contrast phase found", models=list(MODELS))
+        text = "Study not analysed"
+    objs = build_result_objects(r, headers, slices, None)
+    assert len(objs) == 1
+    path = _write(objs[0], tmp_path / f"{status}.dcm")
+    if shutil.which("dciodvfy"):
+        _dciodvfy(path)
+    if shutil.which("dsrdump"):
+        dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+        assert dump.returncode == 0 and text in dump.stdout
+
+
+def test_grad_cam_on_tiny_lilnet():
+    from pipeline.classify.lilnet import LiLNet
+
+    torch.manual_seed(0)
+    model = LiLNet(3, depth="resnet18")
+    cam = grad_cam(model, torch.randn(1, 3, 224, 224), 1)
+    assert cam.shape == (224, 224)
+    assert cam.min() >= 0.0 and cam.max() <= 1.0 and cam.max() > cam.min()
