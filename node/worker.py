@@ -21,6 +21,7 @@ from .config import Settings
 from .index import Index
 from .jobs import Job, JobQueue
 from .logs import kv
+from .outbox import enqueue
 from .sdnotify import Notifier
 from .spool import Spool
 
@@ -76,6 +77,20 @@ class Worker:
         self.runner = None  # pipeline.analyzer.Analyzer once loaded
         self.unavailable_reason: str | None = None
         self.notifier = Notifier()
+
+    def _deliver(self, job: Job, result, series, folder) -> None:  # noqa: ANN001 - pipeline types
+        """Write the SR and SCs, then index them in the outbox; both before anything is sent."""
+        from pipeline.outputs import write_result_objects
+
+        previous = folder.parent / f"rev-{job.revision - 1}" / "sr.dcm"
+        paths = write_result_objects(result, series, folder, revision=job.revision,
+                                     predecessor_sr=previous if previous.exists() else None,
+                                     heatmap=getattr(self.runner, "heatmap", None))
+        calling = self.index.scalar("SELECT calling_aet FROM studies WHERE study_uid=?", (job.study_uid,))
+        destinations = self.settings.destinations_for(calling)
+        added = enqueue(self.index, job.study_uid, job.revision, paths, destinations, time.time())
+        log.info("%s", kv(event="results_queued", job=job.id, objects=len(paths), destinations=len(destinations),
+                          entries=added))
 
     def results_dir(self, job: Job):
         return self.settings.data_dir / "results" / self.spool.study_dir(job.study_uid).name / f"rev-{job.revision}"
@@ -148,7 +163,9 @@ class Worker:
                           for s in study_series(self.index, self.spool, job.study_uid)]
                 result = self.runner.run_study(job.study_uid, series)
                 outcome["timings"] = result.timings_s
-                outcome["path"] = result.write(self.results_dir(job))
+                folder = self.results_dir(job)
+                result.write(folder)
+                self._deliver(job, result, series, folder)
                 if result.status != "ok":
                     outcome["error"] = f"not analysed: {result.reason}"
             except Exception as exc:  # the pipeline's failure becomes the job's recorded reason

@@ -17,6 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from .analyzer import Analyzer, SeriesInput
+from .outputs import write_result_objects
 from .phases import PhaseRules, SeriesHeader, label_series
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,10 @@ def run_folder(analyzer: Analyzer, root: Path, out: Path, rules: PhaseRules = Ph
             print(f"skipped: invalid StudyInstanceUID in {root}", file=sys.stderr)
             failures += 1
             continue
-        result = analyzer.run_study(study_uid, study_inputs(series, rules))
+        inputs = study_inputs(series, rules)
+        result = analyzer.run_study(study_uid, inputs)
         result.write(out / study_uid)
+        write_result_objects(result, inputs, out / study_uid, heatmap=getattr(analyzer, "heatmap", None))
         case = result.case.cls if result.case else None
         secs = sum(result.timings_s.values())
         print(f"study={study_uid} status={result.status} mode={result.phase_mode} lesions={len(result.lesions)} "

@@ -113,6 +113,12 @@ def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
     (result_file,) = list((tmp_path / "results").rglob("result.json"))
     data = json.loads(result_file.read_text())
     assert result_file.parent.name == data["study_instance_uid"]
+    # The same DICOM result objects the node sends: the SR, one SC per lesion, the case summary.
+    import pydicom
+
+    sr = pydicom.dcmread(result_file.parent / "sr.dcm")
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == data["study_instance_uid"]
+    assert sorted(p.name for p in result_file.parent.glob("sc-*.dcm")) == ["sc-001.dcm", "sc-002.dcm"]
     assert data["case"]["class"] == "HCC" and data["case"]["malignant"] is True
     lesion = data["lesions"][0]
     for key in ("class", "probabilities", "center_mm", "long_axis_mm", "short_axis_mm", "phases"):

@@ -1,0 +1,84 @@
+"""Turn a StudyResult into DICOM result files on disk (SR, then SCs), for the worker and `run`.
+
+Gathers what the report builders need from the source series: the key slices' headers and
+windowed pixels, and a Grad-CAM map per lesion when a heatmap function is given.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from .analyzer import SeriesInput
+from .hierarchy import Decision
+from .imaging import window_u8
+from .report import build_result_objects
+from .result import StudyResult
+
+log = logging.getLogger(__name__)
+
+# crop (224x224 uint8) and the lesion's decision -> map in [0, 1] aligned with the crop
+HeatmapFn = Callable[[np.ndarray, Decision], np.ndarray]
+
+
+def _hu(ds: Dataset) -> np.ndarray:
+    pixels = ds.pixel_array.astype(np.float32)
+    return pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _find_sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[str, Path]:
+    """SOP Instance UID -> file for the images the result objects reference."""
+    wanted = {r.lesion.primary.key_sop_instance_uid for r in result.lesions}
+    used = {u.series_uid for u in result.series if u.used} or {s.series_uid for s in series}
+    found: dict[str, Path] = {}
+    for s in series:
+        if s.series_uid not in used:
+            continue
+        for path in s.paths:
+            try:
+                sop = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+            except (pydicom.errors.InvalidDicomError, OSError, AttributeError):
+                continue
+            if sop in wanted or not wanted and not found:
+                found[sop] = path
+            if wanted and wanted <= set(found):
+                return found
+    return found
+
+
+def write_result_objects(result: StudyResult, series: Sequence[SeriesInput], out_dir: Path, *, revision: int = 1,
+                         predecessor_sr: Path | None = None, heatmap: HeatmapFn | None = None) -> list[Path]:
+    """Build and write the result objects; returns their paths, SR first."""
+    from .classify.preprocess import crop_around_box
+
+    files = _find_sources(result, series)
+    headers: dict[str, Dataset] = {}
+    slices: dict[str, np.ndarray] = {}
+    for sop, path in files.items():
+        ds = pydicom.dcmread(path)
+        slices[sop] = window_u8(_hu(ds)) if "PixelData" in ds else None
+        del ds.PixelData
+        headers[sop] = ds
+    maps: dict[int, np.ndarray] = {}
+    if heatmap is not None:
+        for r in result.lesions:
+            key = r.lesion.primary.key
+            image = slices.get(r.lesion.primary.key_sop_instance_uid)
+            if image is not None:
+                maps[r.lesion.index] = heatmap(crop_around_box(image, (key.x1, key.y1, key.x2, key.y2)), r.decision)
+    predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr and predecessor_sr.exists() else None
+    objects = build_result_objects(result, headers, slices, maps, revision=revision, predecessor_sr=predecessor)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ds in enumerate(objects):
+        name = "sr.dcm" if i == 0 else f"sc-{i:03d}.dcm"
+        tmp = out_dir / (name + ".tmp")
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, out_dir / name)
+        paths.append(out_dir / name)
+    return paths
