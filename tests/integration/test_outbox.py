@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import socket
 import subprocess
 import time
 
@@ -15,12 +14,7 @@ from node.config import Destination
 from node.index import Index
 from node.outbox import OutboxSender, RetryPolicy, classify_status, enqueue
 from tests.support.ctdata import SeriesSpec, uid, write_series
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.orthanc import free_port
 
 
 def _listening(port: int) -> bool:

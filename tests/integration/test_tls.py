@@ -103,7 +103,7 @@ def test_silent_clients_do_not_block_tls_associations(node_factory, pki):
 
 
 def test_outbox_delivers_over_tls(pki, tmp_path):
-    from tests.integration.test_outbox import free_port
+    from tests.support.orthanc import free_port
 
     port = free_port()
     pacs_dir = tmp_path / "pacs"
