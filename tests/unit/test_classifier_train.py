@@ -1,4 +1,4 @@
-"""Classifier training data, training step, and loading the committed phantom classifier weights."""
+"""Classifier training data, training step, and loading classifier weights through their manifest."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,9 +13,6 @@ from pipeline.classify.lilnet import LiLNet
 from pipeline.phantom import LesionClass
 from pipeline.train.classifier import joint_targets, lilnet_loss
 from pipeline.train.classifier_data import ALL_CLASSES, TASKS, build_crops, task_label
-
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
-
 
 def test_task_label_orders_match_reference():
     assert TASKS["bm"] == ("benign", "malignant")
@@ -67,29 +64,48 @@ def test_training_steps_reduce_loss():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.skipif(not (WEIGHTS / "classifiers.manifest.toml").is_file(), reason="classifier weights not built")
-def test_committed_weights_load_and_give_shapes():
-    clf = LesionClassifier.from_manifest(WEIGHTS, device="cpu")
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    """A weights folder in the shipped layout: three resnet18 LiLNets saved and described as training does."""
+    import argparse
+
+    from pipeline.classify.checkpoints import CheckpointMetadata, save_lilnet_checkpoint
+    from pipeline.train.classifier import write_manifest
+
+    out = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    results = []
+    for task, classes in TASKS.items():
+        name = f"classifier-{task}.pth.tar"
+        sha = save_lilnet_checkpoint(LiLNet(len(classes), depth="resnet18"), out / name,
+                                     CheckpointMetadata(epoch=0, auc=None, acc=None))
+        results.append({"task": task, "file": name, "sha256": sha, "n_train": 0, "n_crops": 0, "n_lesions": 0,
+                        "crop_acc": 0.0, "lesion_acc": 0.0})
+    args = argparse.Namespace(depth="resnet18", weight_dtype="float32", seed=0, data_seed=0, cases_per_class=0,
+                              max_slices=0, epochs=0, test_seed=0, test_cases_per_class=0)
+    write_manifest(out, results, args, "test fixture: untrained")
+    return out
+
+
+def test_manifest_weights_load_and_give_shapes(weights_dir):
+    clf = LesionClassifier.from_manifest(weights_dir, device="cpu")
     crops = np.random.default_rng(0).integers(0, 256, (3, 224, 224), dtype=np.uint8)
     out = clf.logits(crops, batch_size=2)
     assert isinstance(out, HierarchyLogits)
     assert out.bm.shape == (3, 2) and out.benign.shape == (3, 3) and out.malignant.shape == (3, 3)
     assert np.all(np.isfinite(out.bm))
     assert set(clf.sha256s) == {"bm", "benign", "malignant"}
-    assert all(v == "0.1.0-phantom" for v in clf.versions.values())
 
 
-@pytest.mark.skipif(not (WEIGHTS / "classifiers.manifest.toml").is_file(), reason="classifier weights not built")
-def test_manifest_with_wrong_sha256_is_rejected(tmp_path):
-    for f in WEIGHTS.glob("classifier-*.pth.tar"):
+def test_manifest_with_wrong_sha256_is_rejected(weights_dir, tmp_path):
+    for f in weights_dir.glob("classifier-*.pth.tar"):
         (tmp_path / f.name).symlink_to(f)
-    text = (WEIGHTS / "classifiers.manifest.toml").read_text()
-    clf = LesionClassifier.from_manifest(WEIGHTS, device="cpu")
-    good = clf.sha256s["benign"]
+    text = (weights_dir / "classifiers.manifest.toml").read_text()
+    good = LesionClassifier.from_manifest(weights_dir, device="cpu").sha256s["benign"]
     (tmp_path / "classifiers.manifest.toml").write_text(text.replace(good, "0" * 64))
     with pytest.raises(ModelLoadError, match="sha256"):
         LesionClassifier.from_manifest(tmp_path, device="cpu")

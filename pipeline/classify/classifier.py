@@ -1,0 +1,125 @@
+"""The three-model lesion classifier (BM, B, M) behind one object, returning AG logits.
+
+``LesionClassifier.from_manifest(weights_dir)`` loads our phantom-trained weights listed in
+``classifiers.manifest.toml`` (tables ``bm``, ``benign``, ``malignant``: file, sha256, depth,
+classes, version, name); ``from_published`` loads the user-supplied LiLNet ``Time_BM``,
+``Time_B``, ``Time_M`` files (resnet50). Both go through ``load_lilnet_checkpoint``, which
+verifies the sha256 before unpickling. Class index orders (docs/lilnet-reference.md A1):
+BM 0 benign / 1 malignant; B 0 FNH / 1 HEM / 2 CYST; M 0 HCC / 1 ICC / 2 MET.
+"""
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.classify.checkpoints import LoadedClassifier, ModelLoadError, load_lilnet_checkpoint
+from pipeline.classify.preprocess import to_classifier_input
+
+TASK_KEYS = ("bm", "benign", "malignant")
+TASK_CLASSES: dict[str, tuple[str, ...]] = {
+    "bm": ("benign", "malignant"),
+    "benign": ("FNH", "HEM", "CYST"),
+    "malignant": ("HCC", "ICC", "MET"),
+}
+PUBLISHED_ALIASES = {"bm": ("bm", "BM", "Time_BM"), "benign": ("benign", "B", "Time_B"),
+                     "malignant": ("malignant", "M", "Time_M")}
+MANIFEST_NAME = "classifiers.manifest.toml"
+
+
+@dataclass(frozen=True)
+class HierarchyLogits:
+    """AG logits per crop: bm [M,2], benign [M,3], malignant [M,3] (float32, no softmax)."""
+
+    bm: np.ndarray
+    benign: np.ndarray
+    malignant: np.ndarray
+
+
+class LesionClassifier:
+    def __init__(self, models: Mapping[str, LoadedClassifier], names: Mapping[str, str],
+                 versions: Mapping[str, str], device: str | None = None) -> None:
+        missing = [k for k in TASK_KEYS if k not in models]
+        if missing:
+            raise ModelLoadError(f"classifier models missing: {', '.join(missing)}")
+        for key in TASK_KEYS:
+            want = len(TASK_CLASSES[key])
+            if models[key].n_classes != want:
+                raise ModelLoadError(f"{key} model has {models[key].n_classes} classes, expected {want}")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._loaded = dict(models)
+        self._models = {k: m.model.to(self.device).eval() for k, m in models.items()}
+        self._names = dict(names)
+        self._versions = dict(versions)
+
+    @classmethod
+    def from_manifest(cls, weights_dir: Path, device: str | None = None) -> "LesionClassifier":
+        weights_dir = Path(weights_dir)
+        manifest_path = weights_dir / MANIFEST_NAME
+        try:
+            manifest = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ModelLoadError(f"cannot read {manifest_path}: {exc}") from exc
+        models, names, versions = {}, {}, {}
+        for key in TASK_KEYS:
+            entry = manifest.get(key)
+            if not isinstance(entry, dict) or not all(k in entry for k in ("file", "sha256")):
+                raise ModelLoadError(f"{manifest_path.name}: table [{key}] with file and sha256 is required")
+            classes = tuple(entry.get("classes", TASK_CLASSES[key]))
+            if classes != TASK_CLASSES[key]:
+                raise ModelLoadError(f"{manifest_path.name}: [{key}] classes {classes} != {TASK_CLASSES[key]}")
+            depth = entry.get("depth") or str(entry.get("architecture", "lilnet-resnet50")).removeprefix("lilnet-")
+            models[key] = load_lilnet_checkpoint(weights_dir / entry["file"], entry["sha256"], depth=depth)
+            names[key] = str(entry.get("name", key))
+            versions[key] = str(entry.get("version", "unknown"))
+        return cls(models, names, versions, device)
+
+    @classmethod
+    def from_published(cls, paths: Mapping[str, str | Path], sha256s: Mapping[str, str],
+                       device: str | None = None) -> "LesionClassifier":
+        """Published LiLNet weights (resnet50). Keys: bm/benign/malignant, or BM/B/M, or Time_BM/Time_B/Time_M."""
+        models, names, versions = {}, {}, {}
+        for key in TASK_KEYS:
+            alias = next((a for a in PUBLISHED_ALIASES[key] if a in paths), None)
+            if alias is None:
+                raise ModelLoadError(f"no path given for the {key} model (keys {PUBLISHED_ALIASES[key]})")
+            sha_alias = next((a for a in PUBLISHED_ALIASES[key] if a in sha256s), None)
+            if sha_alias is None:
+                raise ModelLoadError(f"no sha256 given for the {key} model")
+            models[key] = load_lilnet_checkpoint(paths[alias], sha256s[sha_alias], depth="resnet50")
+            names[key] = Path(paths[alias]).name
+            versions[key] = "lilnet-zenodo-12646854"
+        return cls(models, names, versions, device)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return dict(self._names)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return dict(self._versions)
+
+    @property
+    def sha256s(self) -> dict[str, str]:
+        return {k: m.sha256 for k, m in self._loaded.items()}
+
+    @torch.no_grad()
+    def logits(self, crops_u8: np.ndarray, batch_size: int = 32) -> HierarchyLogits:
+        """AG logits of uint8 grey crops [M,224,224] (or [M,H,W], resized) from all three models."""
+        crops = np.asarray(crops_u8)
+        if crops.ndim != 3 or crops.dtype != np.uint8:
+            raise ValueError(f"crops must be uint8 [M,H,W], got {crops.dtype} {crops.shape}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        out: dict[str, list[np.ndarray]] = {k: [] for k in TASK_KEYS}
+        for i in range(0, len(crops), batch_size):
+            inputs = to_classifier_input(crops[i:i + batch_size]).to(self.device)
+            for key, model in self._models.items():
+                out[key].append(model.aggregated_logits(inputs).float().cpu().numpy())
+        result = {k: (np.concatenate(v) if v else np.zeros((0, len(TASK_CLASSES[k])), np.float32))
+                  for k, v in out.items()}
+        return HierarchyLogits(bm=result["bm"], benign=result["benign"], malignant=result["malignant"])

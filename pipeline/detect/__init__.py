@@ -1,0 +1,1 @@
+"""Lesion detection (ultralytics YOLO, one class "lesion")."""

@@ -1,0 +1,136 @@
+"""Lesion detector inference: a YOLO checkpoint described by ``weights/detector.manifest.toml``.
+
+Input: windowed (W400/L40) uint8 slices [N, H, W]; output: per slice a list of ``Detection``
+in input-pixel coordinates. Thresholds and input size come from the manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.detect.offline import configure_ultralytics_offline
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "detector.manifest.toml"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / ".yolo"
+
+
+class DetectorLoadError(Exception):
+    """Manifest missing/invalid, weights missing, sha256 mismatch, or the checkpoint failed to load."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class DetectorManifest:
+    name: str
+    version: str
+    sha256: str
+    weights: Path
+    imgsz: int
+    conf: float
+    iou: float
+    max_det: int
+    classes: tuple[str, ...]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(weights_dir: Path) -> DetectorManifest:
+    path = Path(weights_dir).resolve() / MANIFEST_NAME
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text())
+        return DetectorManifest(
+            name=str(raw["name"]), version=str(raw["version"]), sha256=str(raw["sha256"]).lower(),
+            weights=path.parent / str(raw["file"]), imgsz=int(raw["input"]["imgsz"]),
+            conf=float(raw["thresholds"]["conf"]), iou=float(raw["thresholds"]["iou"]),
+            max_det=int(raw["thresholds"]["max_det"]), classes=tuple(raw.get("classes", ("lesion",))),
+        )
+    except OSError as exc:
+        raise DetectorLoadError(f"{path}: cannot read manifest: {exc}") from exc
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DetectorLoadError(f"{path}: invalid manifest: {exc!r}") from exc
+
+
+class LesionDetector:
+    def __init__(self, model: Any, manifest: DetectorManifest, device: str, batch_size: int = 16) -> None:
+        self._model = model
+        self._manifest = manifest
+        self._device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_manifest(cls, weights_dir: Path, device: str | None = None, batch_size: int = 16,
+                      config_dir: Path = DEFAULT_CONFIG_DIR) -> LesionDetector:
+        manifest = read_manifest(weights_dir)
+        if not manifest.weights.is_file():
+            raise DetectorLoadError(f"{manifest.weights}: weights file missing")
+        actual = _sha256(manifest.weights)
+        if actual != manifest.sha256:
+            raise DetectorLoadError(f"{manifest.weights.name}: sha256 {actual} does not match manifest {manifest.sha256}")
+        configure_ultralytics_offline(config_dir)
+        import torch  # noqa: PLC0415
+        from ultralytics import YOLO  # noqa: PLC0415
+
+        if device is None:
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        try:
+            model = YOLO(str(manifest.weights.resolve()), task="detect")
+        except Exception as exc:  # ultralytics raises assorted errors for bad checkpoints
+            raise DetectorLoadError(f"{manifest.weights.name}: load failed: {exc}") from exc
+        log.info("loaded %s %s (%s) on %s", manifest.name, manifest.version, manifest.sha256[:12], device)
+        return cls(model, manifest, device, batch_size)
+
+    @property
+    def name(self) -> str:
+        return self._manifest.name
+
+    @property
+    def version(self) -> str:
+        return self._manifest.version
+
+    @property
+    def sha256(self) -> str:
+        return self._manifest.sha256
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def detect(self, slices_u8: np.ndarray) -> list[list[Detection]]:
+        """Detect lesions on windowed uint8 slices [N, H, W] (or one [H, W] slice as N=1)."""
+        arr = np.asarray(slices_u8)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"expected uint8 [N, H, W], got {arr.dtype} {arr.shape}")
+        out: list[list[Detection]] = []
+        m = self._manifest
+        for start in range(0, arr.shape[0], self.batch_size):
+            chunk = [np.repeat(s[..., None], 3, axis=2) for s in arr[start:start + self.batch_size]]  # grey = RGB = BGR
+            results = self._model.predict(chunk, imgsz=m.imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det,
+                                          device=self._device, verbose=False)
+            for r in results:
+                data = r.boxes.data.detach().cpu().numpy() if r.boxes is not None else np.zeros((0, 6))
+                out.append([Detection(float(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4])) for d in data])
+        return out

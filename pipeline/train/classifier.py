@@ -1,0 +1,239 @@
+"""Train the three LiLNet lesion classifiers (BM, B, M) on phantom crops and write the manifest.
+
+    python -m pipeline.train.classifier --out DIR --cases-per-class K --seed S --epochs E --depth resnet18
+
+Loss per batch (docs/lilnet-reference.md A1): cross-entropy over the 5N joint labels
+(target ``c*5 + j`` for row ``b*5 + j``) on both masked heads ``x`` and ``x3``, plus the
+self-distillation head ``fc_SD`` distilled from the (detached) AG logits with temperature
+T=3 (KL divergence, scaled by T^2). Held-out evaluation uses cases of a different phantom
+seed, per crop (AG argmax) and per lesion (mean AG logits over the lesion's AP+PVP crops,
+then argmax), measured on the model *reloaded from the saved file* (so the numbers describe
+the committed, possibly reduced-precision, weights).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.classify.checkpoints import CheckpointMetadata, load_lilnet_checkpoint, save_lilnet_checkpoint
+from pipeline.classify.lilnet import N_TRANSFORMS, LiLNet, aggregate_ag
+from pipeline.classify.preprocess import to_classifier_input
+from pipeline.train.classifier_data import TASKS, cached_crops
+
+log = logging.getLogger(__name__)
+
+SD_TEMPERATURE = 3.0
+VERSION = "0.1.0-phantom"
+LICENCE = "AGPL-3.0-or-later; trained on synthetic phantoms only - NOT FOR CLINICAL USE"
+FILES = {"bm": "classifier-bm.pth.tar", "benign": "classifier-benign.pth.tar",
+         "malignant": "classifier-malignant.pth.tar"}
+NAMES = {"bm": "lilnet-bm", "benign": "lilnet-benign", "malignant": "lilnet-malignant"}
+CROP_POLICY = ("224x224 crop centred on the detector box (crop_around_box, default margin; boxes larger "
+               "than the crop are cut larger and resized); training used ground-truth boxes jittered by "
+               "up to 15% centre shift and 0.85-1.2 scale; lesion cross-sections < 8 px skipped; AP and "
+               "PVP crops classified independently, AG logits averaged per lesion")
+
+
+def joint_targets(labels: Tensor) -> Tensor:
+    """Class c of sample b -> targets c*5+j for rows b*5+j."""
+    return (labels[:, None] * N_TRANSFORMS + torch.arange(N_TRANSFORMS, device=labels.device)).reshape(-1)
+
+
+def lilnet_loss(model: LiLNet, inputs: Tensor, labels: Tensor, temperature: float = SD_TEMPERATURE) -> Tensor:
+    x, x3, x_sd = model(inputs)
+    tgt = joint_targets(labels)
+    loss = F.cross_entropy(x, tgt) + F.cross_entropy(x3, tgt)
+    if x_sd is not None:
+        teacher = aggregate_ag(x, x3).detach()
+        loss = loss + F.kl_div(F.log_softmax(x_sd / temperature, dim=1), F.softmax(teacher / temperature, dim=1),
+                               reduction="batchmean") * temperature ** 2
+    return loss
+
+
+def augment(crops_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips, 90-degree rotations and small intensity jitter, per crop (uint8 in, uint8 out)."""
+    out = np.empty_like(crops_u8)
+    for i, crop in enumerate(crops_u8):
+        c = np.rot90(crop, int(rng.integers(4)))
+        if rng.random() < 0.5:
+            c = c[:, ::-1]
+        scale, offset = rng.uniform(0.92, 1.08), rng.uniform(-8, 8)
+        out[i] = np.clip(c.astype(np.float32) * scale + offset, 0, 255).astype(np.uint8)
+    return out
+
+
+def train_step(model: LiLNet, optimizer: torch.optim.Optimizer, crops_u8: np.ndarray, labels: np.ndarray,
+               device: str) -> float:
+    model.train()
+    inputs = to_classifier_input(crops_u8).to(device)
+    loss = lilnet_loss(model, inputs, torch.as_tensor(labels, dtype=torch.long, device=device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def ag_logits(model: LiLNet, crops_u8: np.ndarray, device: str, batch_size: int = 32) -> np.ndarray:
+    model.eval()
+    outs = [model.aggregated_logits(to_classifier_input(crops_u8[i:i + batch_size]).to(device)).float().cpu()
+            for i in range(0, len(crops_u8), batch_size)]
+    return torch.cat(outs).numpy()
+
+
+def accuracies(logits: np.ndarray, labels: np.ndarray, lesions: np.ndarray) -> tuple[float, float, int]:
+    """(per-crop accuracy, per-lesion accuracy, number of lesions)."""
+    crop_acc = float((logits.argmax(1) == labels).mean())
+    keys = np.unique(lesions)
+    hits = [int(logits[lesions == k].mean(0).argmax() == labels[lesions == k][0]) for k in keys]
+    return crop_acc, float(np.mean(hits)), len(keys)
+
+
+def reduce_precision(model: LiLNet, dtype: torch.dtype) -> None:
+    """Cast floating parameters and buffers in place (for a smaller file); the loader copies them back to fp32."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            t.data = t.data.to(dtype)
+
+
+def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
+    rng = np.random.default_rng([args.seed, list(TASKS).index(task)])
+    torch.manual_seed(args.seed)
+    crops, labels, _ = train.for_task(task)
+    tcrops, tlabels, tlesions = test.for_task(task)
+    n = len(TASKS[task])
+    model = LiLNet(n, depth=args.depth, with_sd_head=True).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * int(np.ceil(len(crops) / args.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(steps, 1))
+    t0 = time.time()
+    for epoch in range(args.epochs):
+        order = rng.permutation(len(crops))
+        losses = []
+        for i in range(0, len(order), args.batch_size):
+            idx = order[i:i + args.batch_size]
+            if len(idx) < 2:
+                continue
+            losses.append(train_step(model, optimizer, augment(crops[idx], rng), labels[idx], device))
+            sched.step()
+        log.info("task=%s epoch=%d loss=%.4f elapsed=%.0fs", task, epoch, np.mean(losses), time.time() - t0)
+    fp32 = accuracies(ag_logits(model, tcrops, device), tlabels, tlesions)
+    model = model.cpu()
+    reduce_precision(model, getattr(torch, args.weight_dtype))
+    path = out / FILES[task]
+    sha = save_lilnet_checkpoint(model, path, CheckpointMetadata(epoch=args.epochs, auc=None, acc=None))
+    loaded = load_lilnet_checkpoint(path, sha, depth=args.depth).model.to(device)
+    crop_acc, lesion_acc, n_les = accuracies(ag_logits(loaded, tcrops, device), tlabels, tlesions)
+    log.info("task=%s held-out crop_acc=%.3f lesion_acc=%.3f (fp32 before save %.3f/%.3f) lesions=%d crops=%d",
+             task, crop_acc, lesion_acc, fp32[0], fp32[1], n_les, len(tlabels))
+    return {"task": task, "sha256": sha, "file": FILES[task], "crop_acc": crop_acc, "lesion_acc": lesion_acc,
+            "crop_acc_fp32": fp32[0], "lesion_acc_fp32": fp32[1], "n_lesions": n_les, "n_crops": len(tlabels),
+            "n_train": len(labels), "train_s": round(time.time() - t0, 1), "size": path.stat().st_size}
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
+    lines = ["# LiLNet-architecture lesion classifiers trained on synthetic phantoms (pipeline.train.classifier).", ""]
+    for r in results:
+        task = r["task"]
+        lines += [
+            f"[{task}]",
+            f"name = {_q(NAMES[task])}",
+            f"version = {_q(VERSION)}",
+            f"task = {_q(task)}",
+            f"architecture = {_q('lilnet-' + args.depth)}",
+            f"depth = {_q(args.depth)}",
+            "classes = [" + ", ".join(_q(c) for c in TASKS[task]) + "]",
+            f"file = {_q(r['file'])}",
+            f"sha256 = {_q(r['sha256'])}",
+            f"stored_dtype = {_q(args.weight_dtype)}",
+            f"licence = {_q(LICENCE)}",
+            f"training_seed = {args.seed}",
+            f"command = {_q(command)}",
+            "",
+            f"[{task}.input]",
+            "size = [224, 224]",
+            'colour = "RGB from W400/L40 grey (three copies)"',
+            "normalise_mean = [0.5, 0.5, 0.5]",
+            "normalise_std = [0.5, 0.5, 0.5]",
+            f"crop_policy = {_q(CROP_POLICY)}",
+            "",
+            f"[{task}.training_data]",
+            'source = "pipeline.phantom (AP+PVP, 40 slices x 5 mm)"',
+            f"phantom_seed = {args.data_seed}",
+            f"cases = {args.cases_per_class * 6}",
+            f"cases_per_class = {args.cases_per_class}",
+            f"max_slices_per_lesion_phase = {args.max_slices}",
+            f"train_crops = {r['n_train']}",
+            f"epochs = {args.epochs}",
+            "",
+            f"[{task}.held_out]",
+            f"phantom_seed = {args.test_seed}",
+            f"cases = {args.test_cases_per_class * 6}",
+            f"crops = {r['n_crops']}",
+            f"lesions = {r['n_lesions']}",
+            f"crop_accuracy = {r['crop_acc']:.4f}",
+            f"lesion_accuracy = {r['lesion_acc']:.4f}",
+            "",
+        ]
+    path = out / "classifiers.manifest.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.train.classifier", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="weights directory to write")
+    p.add_argument("--cases-per-class", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--data-seed", type=int, default=2000, help="phantom seed of the training cases")
+    p.add_argument("--test-seed", type=int, default=3000, help="phantom seed of the held-out cases")
+    p.add_argument("--test-cases-per-class", type=int, default=2)
+    p.add_argument("--max-slices", type=int, default=2, help="slices per lesion per phase")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--depth", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    p.add_argument("--weight-dtype", default="float16", choices=["float32", "float16", "bfloat16", "float8_e4m3fn"])
+    p.add_argument("--cache", type=Path, default=Path("/tmp/classifier-crops"))
+    p.add_argument("--tasks", default="bm,benign,malignant")
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    command = "python -m pipeline.train.classifier " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    t0 = time.time()
+    train = cached_crops(args.cache, args.data_seed, args.cases_per_class, max_slices=args.max_slices)
+    test = cached_crops(args.cache, args.test_seed, args.test_cases_per_class, max_slices=args.max_slices,
+                        jitter=True)
+    log.info("data train=%d test=%d crops in %.0fs", len(train), len(test), time.time() - t0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [train_task(t, train, test, args, device, args.out) for t in args.tasks.split(",")]
+    path = write_manifest(args.out, results, args, command)
+    for r in results:
+        log.info("RESULT %s", r)
+    log.info("manifest=%s total_wall=%.0fs", path, time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
