@@ -5,7 +5,6 @@ in input-pixel coordinates. Thresholds and input size come from the manifest.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import tomllib
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.classify.checkpoints import ModelLoadError, sha256_of
 from pipeline.detect.offline import configure_ultralytics_offline
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ MANIFEST_NAME = "detector.manifest.toml"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / ".yolo"
 
 
-class DetectorLoadError(Exception):
+class DetectorLoadError(ModelLoadError):
     """Manifest missing/invalid, weights missing, sha256 mismatch, or the checkpoint failed to load."""
 
 
@@ -46,14 +46,6 @@ class DetectorManifest:
     iou: float
     max_det: int
     classes: tuple[str, ...]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(weights_dir: Path) -> DetectorManifest:
@@ -85,7 +77,7 @@ class LesionDetector:
         manifest = read_manifest(weights_dir)
         if not manifest.weights.is_file():
             raise DetectorLoadError(f"{manifest.weights}: weights file missing")
-        actual = _sha256(manifest.weights)
+        actual = sha256_of(manifest.weights)
         if actual != manifest.sha256:
             raise DetectorLoadError(f"{manifest.weights.name}: sha256 {actual} does not match manifest {manifest.sha256}")
         configure_ultralytics_offline(config_dir)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shlex
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.classify.checkpoints import sha256_of
 from pipeline.detect.offline import configure_ultralytics_offline
 from pipeline.train.detector_data import ExportOptions, export_dataset
 
@@ -28,14 +28,6 @@ MODEL_YAMLS = ("yolov8n.yaml", "yolov8s.yaml", "yolov8m.yaml", "yolov8l.yaml", "
 
 class TrainingError(RuntimeError):
     """Training did not produce usable weights."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _toml_str(s: str) -> str:
@@ -52,7 +44,7 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         f"architecture = {_toml_str(arch)}",
         'classes = ["lesion"]',
         f"file = {_toml_str(weights.name)}",
-        f"sha256 = {_toml_str(sha256_file(weights))}",
+        f"sha256 = {_toml_str(sha256_of(weights))}",
         'licence = "AGPL-3.0-or-later (ultralytics); trained on synthetic phantoms only - NOT FOR CLINICAL USE"',
         "",
         "[input]",
