@@ -82,7 +82,7 @@ class WorkerSupervisor:
 
 def _status_line(index: Index, scp: StorageSCP) -> str:
     jobs = index.counts_by_state("jobs")
-    pending = index.scalar("SELECT COUNT(*) FROM outbox WHERE state='pending'")
+    pending = index.counts_by_state("outbox")["pending"]
     return (f"associations={scp.active_associations()} jobs_queued={jobs['queued']} "
             f"jobs_running={jobs['running']} outbox_pending={pending}")
 
@@ -101,7 +101,7 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     spool = Spool(data_dir, index, settings.node.min_free_mb << 20)
     swept = spool.sweep_incoming()
     spool.reindex_orphans()
-    metrics = NodeMetrics(index)
+    metrics = NodeMetrics(index, spool.root)
     queue = JobQueue(index, settings.worker.max_attempts)
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1})
     assembler = StudyAssembler(
@@ -153,7 +153,6 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     while not stop.is_set():
         if supervisor is not None:
             supervisor.poll()
-        metrics.refresh_spool(spool)
         metrics.collect_worker()
         notifier.watchdog()
         notifier.status(_status_line(index, scp))

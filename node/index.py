@@ -110,6 +110,7 @@ CREATE TABLE IF NOT EXISTS workers (
 
 STUDY_STATES = ("receiving", "ready", "done", "failed")
 JOB_STATES = ("queued", "running", "done", "failed")
+OUTBOX_STATES = ("pending", "done", "dead")
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class Index:
         return int(self.scalar("SELECT COUNT(*) FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)))
 
     def counts_by_state(self, table: str) -> dict[str, int]:
-        states = {"studies": STUDY_STATES, "jobs": JOB_STATES}[table]
+        states = {"studies": STUDY_STATES, "jobs": JOB_STATES, "outbox": OUTBOX_STATES}[table]
         counts = {s: 0 for s in states}
         for row in self.query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"):
             counts[row[0]] = row[1]

@@ -11,6 +11,7 @@ import logging
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector,
@@ -27,33 +28,34 @@ STUDY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
 class IndexStateCollector:
-    """Exports liver_node_studies{state} and liver_node_jobs{state} from the index."""
+    """Exports state counts and spool use, read from the index and the filesystem at scrape time."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, spool_root: Path | None) -> None:
         self.index = index
+        self.spool_root = spool_root
 
     def collect(self):  # noqa: ANN201 - prometheus collector protocol
         for table, name, doc in [
             ("studies", "liver_node_studies", "Studies in the index by state"),
             ("jobs", "liver_node_jobs", "Analysis jobs by state"),
+            ("outbox", "liver_node_outbox", "Result deliveries by state"),
         ]:
             family = GaugeMetricFamily(name, doc, labels=["state"])
             for state, count in self.index.counts_by_state(table).items():
                 family.add_metric([state], count)
             yield family
-        family = GaugeMetricFamily("liver_node_outbox", "Result deliveries by state", labels=["state"])
-        counts = {"pending": 0, "done": 0, "dead": 0}
-        for state, n in self.index.query("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
-            counts[state] = n
-        for state, n in counts.items():
-            family.add_metric([state], n)
-        yield family
+        size = self.index.scalar("SELECT COALESCE(SUM(size), 0) FROM instances") or 0
+        yield GaugeMetricFamily("liver_node_spool_bytes", "Bytes of received instances in the spool", value=float(size))
+        if self.spool_root is not None:
+            usage = shutil.disk_usage(self.spool_root)
+            yield GaugeMetricFamily("liver_node_spool_free_ratio", "Free fraction of the spool filesystem",
+                                    value=usage.free / usage.total if usage.total else 0.0)
 
 
 class NodeMetrics:
     """All metrics of the receiving process, on a registry of its own (no global state)."""
 
-    def __init__(self, index: Index | None = None) -> None:
+    def __init__(self, index: Index | None = None, spool_root: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -78,10 +80,6 @@ class NodeMetrics:
             "liver_node_study_e2e_seconds", "Last instance received to last result acknowledged by the destination",
             buckets=STUDY_BUCKETS, registry=self.registry,
         )
-        self.spool_bytes = Gauge("liver_node_spool_bytes", "Bytes of received instances in the spool",
-                                 registry=self.registry)
-        self.spool_free_ratio = Gauge("liver_node_spool_free_ratio", "Free fraction of the spool filesystem",
-                                      registry=self.registry)
         self.ready = Gauge("liver_node_ready", "1 when /readyz passes (spool writable, worker alive with models)",
                            registry=self.registry)
         self.stage_seconds = Histogram(
@@ -95,7 +93,7 @@ class NodeMetrics:
         self._index = index
         self._last_job_seen = 0
         if index is not None:
-            self.registry.register(IndexStateCollector(index))
+            self.registry.register(IndexStateCollector(index, spool_root))
 
     def collect_worker(self) -> None:
         """Carry the worker process's figures (stage timings, models) into this registry."""
@@ -111,12 +109,6 @@ class NodeMetrics:
             for model in json.loads(row[0][0]):
                 self.model_info.labels(model["name"]).info({"version": model["version"],
                                                             "sha256": model["sha256"][:16]})
-
-    def refresh_spool(self, spool) -> None:  # noqa: ANN001 - node.spool.Spool (avoids an import cycle)
-        usage = shutil.disk_usage(spool.root)
-        self.spool_free_ratio.set(usage.free / usage.total if usage.total else 0.0)
-        if self._index is not None:
-            self.spool_bytes.set(float(self._index.scalar("SELECT COALESCE(SUM(size), 0) FROM instances") or 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,7 +32,6 @@ from .logs import kv
 
 log = logging.getLogger(__name__)
 
-OUTBOX_STATES = ("pending", "done", "dead")
 
 
 @dataclass(frozen=True)
@@ -97,12 +96,6 @@ class OutboxSender:
         self.rng = random.Random(seed)
         self.tls = tls
         self._lock = threading.Lock()  # one round at a time, even if the scheduler overlaps
-
-    def counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in OUTBOX_STATES}
-        for state, n in self.index.query("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
-            counts[state] = n
-        return counts
 
     def run_once(self) -> int:
         """Send everything due now; returns how many entries reached done."""

@@ -132,7 +132,6 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -230,9 +229,6 @@ class StorageSCP:
         with self._lock:
             self._assocs[id(event.assoc)] = state
         self.metrics.associations.labels("accepted").inc()
-
-    def _on_rejected(self, event: evt.Event) -> None:
-        pass  # counted where we reject; pynetdicom's own rejections repeat our checks
 
     def _finish(self, event: evt.Event, released: bool) -> None:
         with self._lock:
