@@ -105,14 +105,18 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
     for thr in IOUS:
         tp = fp = fn = 0
         found_lesions = total_lesions = 0
+        pred_lesions = true_pred_lesions = 0
         for uid, truth in truths.items():
             res = results.get(uid)
             pred: dict[str, list] = {}
             if res:
                 for les in res["lesions"]:
-                    for view in les["views"]:
-                        for b in view["boxes"]:
-                            pred.setdefault(b["sop_instance_uid"], []).append(tuple(b["xyxy"]))
+                    pred_lesions += 1
+                    boxes = [b for view in les["views"] for b in view["boxes"]]
+                    true_pred_lesions += any(_iou(b["xyxy"], tb) >= thr for b in boxes
+                                             for _, tb in truth.boxes.get(b["sop_instance_uid"], []))
+                    for b in boxes:
+                        pred.setdefault(b["sop_instance_uid"], []).append(tuple(b["xyxy"]))
             found: set[int] = set()
             for sop in set(pred) | set(truth.boxes):
                 p, t = list(pred.get(sop, [])), list(truth.boxes.get(sop, []))
@@ -133,7 +137,10 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
         recall = tp / (tp + fn) if tp + fn else float("nan")
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else float("nan")
         out[f"iou_{thr}"] = {"box_recall": recall, "box_precision": precision, "box_f1": f1,
-                             "lesion_recall": found_lesions / total_lesions if total_lesions else float("nan")}
+                             "lesion_recall": found_lesions / total_lesions if total_lesions else float("nan"),
+                             # a predicted 3D lesion is true when any of its boxes matches a true box
+                             "lesion_precision": true_pred_lesions / pred_lesions if pred_lesions else float("nan"),
+                             "false_lesions_per_case": (pred_lesions - true_pred_lesions) / max(len(truths), 1)}
     return out
 
 

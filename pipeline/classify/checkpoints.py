@@ -184,7 +184,12 @@ def _build_and_load(sd: dict[str, torch.Tensor], depth: str, path: Path) -> tupl
     n_classes, has_sd = _head_shape_checks(sd, path)
     if depth not in DEPTHS:
         raise ModelLoadError(f"{path.name}: unknown depth {depth!r}; expected one of {sorted(DEPTHS)}")
-    model = LiLNet(n_classes=n_classes, depth=depth, with_sd_head=has_sd)
+    conv1 = sd.get("conv1.weight")
+    width = int(conv1.shape[0]) if isinstance(conv1, torch.Tensor) and conv1.ndim == 4 else 64
+    try:
+        model = LiLNet(n_classes=n_classes, depth=depth, with_sd_head=has_sd, width=width)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path.name}: {exc}") from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))

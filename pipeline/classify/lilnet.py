@@ -5,7 +5,10 @@ Facts from ``docs/lilnet-reference.md`` Part A1 (no code copied from the LiLNet 
 - backbone: a torchvision-style ResNet (attribute names ``conv1, bn1, relu, maxpool,
   layer1..layer4``, ``downsample.0`` conv / ``downsample.1`` BN), so a torchvision-layout
   state_dict fits key for key. The published models are resnet50 (Bottleneck [3,4,6,3]);
-  resnet18/resnet34 (BasicBlock) are allowed for small demo weights.
+  resnet18/resnet34 (BasicBlock) are allowed for small demo weights, and so is a narrower
+  base width (``width``: the conv1/layer1 channel count, 64 in torchvision; stages use
+  width x 1, 2, 4, 8). The width is not stored anywhere but the tensors: the loader reads it
+  from ``conv1.weight``.
 - heads, on top of the backbone, for ``N`` classes (joint label count ``5N``):
   ``fc3 = Linear(C3, 5N)`` on masked layer3 features through ``AvgPool2d(14)``;
   ``fc_SD = Linear(C4, N)`` (self-distillation, unmasked layer4, optional: absent in the
@@ -56,13 +59,11 @@ class ResNetDepth:
     block: type[BasicBlock] | type[Bottleneck]
     layers: tuple[int, int, int, int]
 
-    @property
-    def layer3_channels(self) -> int:
-        return 256 * self.block.expansion
+    def layer3_channels(self, width: int = 64) -> int:
+        return 4 * width * self.block.expansion
 
-    @property
-    def layer4_channels(self) -> int:
-        return 512 * self.block.expansion
+    def layer4_channels(self, width: int = 64) -> int:
+        return 8 * width * self.block.expansion
 
 
 DEPTHS: dict[str, ResNetDepth] = {
@@ -127,8 +128,10 @@ def aggregate_ag(x: Tensor, x3: Tensor) -> Tensor:
 class LiLNet(nn.Module):
     """ResNet backbone with LiLNet's masked layer3/layer4 heads (``2fcsd`` or ``2fc`` mode)."""
 
-    def __init__(self, n_classes: int, depth: str = "resnet50", with_sd_head: bool = True) -> None:
+    def __init__(self, n_classes: int, depth: str = "resnet50", with_sd_head: bool = True, width: int = 64) -> None:
         super().__init__()
+        if width < 4 or width % 4:
+            raise LiLNetConfigError(f"width must be a positive multiple of 4, got {width}")
         if n_classes < 2:
             raise LiLNetConfigError(f"n_classes must be >= 2, got {n_classes}")
         if depth not in DEPTHS:
@@ -137,25 +140,26 @@ class LiLNet(nn.Module):
         self.n_classes = n_classes
         self.depth = depth
         self.with_sd_head = with_sd_head
+        self.width = width
         joint = N_TRANSFORMS * n_classes
 
         # Backbone, in torchvision's registration order and names.
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(spec.block, 64, spec.layers[0], stride=1)
-        self.layer2 = self._make_layer(spec.block, 128, spec.layers[1], stride=2)
-        self.layer3 = self._make_layer(spec.block, 256, spec.layers[2], stride=2)
-        self.layer4 = self._make_layer(spec.block, 512, spec.layers[3], stride=2)
+        self.layer1 = self._make_layer(spec.block, width, spec.layers[0], stride=1)
+        self.layer2 = self._make_layer(spec.block, 2 * width, spec.layers[1], stride=2)
+        self.layer3 = self._make_layer(spec.block, 4 * width, spec.layers[2], stride=2)
+        self.layer4 = self._make_layer(spec.block, 8 * width, spec.layers[3], stride=2)
 
         # Heads, in the original registration order (only matters for state_dict key order).
-        self.fc3 = nn.Linear(spec.layer3_channels, joint)
+        self.fc3 = nn.Linear(spec.layer3_channels(width), joint)
         self.avgpool3 = nn.AvgPool2d(LAYER3_GRID)
-        self.fc_SD: nn.Linear | None = nn.Linear(spec.layer4_channels, n_classes) if with_sd_head else None
+        self.fc_SD: nn.Linear | None = nn.Linear(spec.layer4_channels(width), n_classes) if with_sd_head else None
         self.avgpool = nn.AvgPool2d(LAYER4_GRID)
-        self.fc_ens = nn.Linear(spec.layer4_channels, ENSEMBLE_WIDTH)
+        self.fc_ens = nn.Linear(spec.layer4_channels(width), ENSEMBLE_WIDTH)
         self.fc = nn.Linear(ENSEMBLE_WIDTH, joint)
 
         self.register_buffer("mask3", quadrant_masks(LAYER3_GRID), persistent=False)

@@ -111,7 +111,7 @@ def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
     crops, labels, _ = train.for_task(task)
     tcrops, tlabels, tlesions = test.for_task(task)
     n = len(TASKS[task])
-    model = LiLNet(n, depth=args.depth, with_sd_head=True).to(device)
+    model = LiLNet(n, depth=args.depth, with_sd_head=True, width=args.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * int(np.ceil(len(crops) / args.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(steps, 1))
@@ -155,6 +155,7 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             f"task = {_q(task)}",
             f"architecture = {_q('lilnet-' + args.depth)}",
             f"depth = {_q(args.depth)}",
+            f"width = {args.width}  # backbone base width (torchvision: 64); the loader reads it from conv1",
             "classes = [" + ", ".join(_q(c) for c in TASKS[task]) + "]",
             f"file = {_q(r['file'])}",
             f"sha256 = {_q(r['sha256'])}",
@@ -206,6 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--depth", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    p.add_argument("--width", type=int, default=64, help="backbone base width (64 = torchvision)")
     p.add_argument("--weight-dtype", default="float16", choices=["float32", "float16", "bfloat16", "float8_e4m3fn"])
     p.add_argument("--cache", type=Path, default=Path("/tmp/classifier-crops"))
     p.add_argument("--tasks", default="bm,benign,malignant")

@@ -127,4 +127,6 @@ def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
     # The oracle's boxes are the truth: every AP/PVP truth box is found at every IoU.
     for metrics in report["detection"].values():
         assert metrics["box_recall"] == pytest.approx(1.0) and metrics["box_precision"] == pytest.approx(1.0)
+        assert metrics["lesion_recall"] == 1.0 and metrics["lesion_precision"] == 1.0
+        assert metrics["false_lesions_per_case"] == 0.0
     assert report["lesion_classification"]["six_class"]["accuracy"]["value"] == 1.0

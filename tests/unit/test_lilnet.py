@@ -23,6 +23,7 @@ from pipeline.classify.checkpoints import (
 )
 from pipeline.classify.lilnet import (
     LiLNet,
+    LiLNetConfigError,
     LiLNetInputError,
     aggregate_ag,
     apply_masks,
@@ -433,3 +434,21 @@ def test_classifier_input_mixed_shapes_and_errors():
         to_classifier_input([crops[0].astype(np.float32)])
     with pytest.raises(PreprocessError):
         to_classifier_input([])
+
+
+def test_narrow_width_round_trip_infers_width_from_conv1(tmp_path):
+    torch.manual_seed(3)
+    model = LiLNet(n_classes=3, depth="resnet18", width=16).eval()
+    assert model.conv1.out_channels == 16 and model.fc_ens.in_features == 128 and model.fc3.in_features == 64
+    path = tmp_path / "narrow.pth.tar"
+    digest = save_lilnet_checkpoint(model, path, CheckpointMetadata(epoch=1))
+    loaded = load_lilnet_checkpoint(path, expected_sha256=digest, depth="resnet18")
+    assert loaded.model.width == 16
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.aggregated_logits(x), loaded.model.aggregated_logits(x))
+
+
+def test_width_must_be_a_multiple_of_four():
+    with pytest.raises(LiLNetConfigError, match="multiple of 4"):
+        LiLNet(n_classes=2, depth="resnet18", width=10)
