@@ -27,7 +27,8 @@ from torch import Tensor
 from pipeline.classify.checkpoints import CheckpointMetadata, load_lilnet_checkpoint, save_lilnet_checkpoint
 from pipeline.classify.lilnet import N_TRANSFORMS, LiLNet, aggregate_ag
 from pipeline.classify.preprocess import to_classifier_input
-from pipeline.train.classifier_data import TASKS, cached_crops
+from pipeline.phantom import LesionClass
+from pipeline.train.classifier_data import ALL_CLASSES, TASKS, cached_crops
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,13 @@ def joint_targets(labels: Tensor) -> Tensor:
     return (labels[:, None] * N_TRANSFORMS + torch.arange(N_TRANSFORMS, device=labels.device)).reshape(-1)
 
 
-def lilnet_loss(model: LiLNet, inputs: Tensor, labels: Tensor, temperature: float = SD_TEMPERATURE) -> Tensor:
+def lilnet_loss(model: LiLNet, inputs: Tensor, labels: Tensor, temperature: float = SD_TEMPERATURE,
+                class_weights: Tensor | None = None) -> Tensor:
     x, x3, x_sd = model(inputs)
     tgt = joint_targets(labels)
-    loss = F.cross_entropy(x, tgt) + F.cross_entropy(x3, tgt)
+    # joint label c*5+j carries class c's weight
+    weight = None if class_weights is None else torch.repeat_interleave(class_weights, N_TRANSFORMS)
+    loss = F.cross_entropy(x, tgt, weight=weight) + F.cross_entropy(x3, tgt, weight=weight)
     if x_sd is not None:
         teacher = aggregate_ag(x, x3).detach()
         loss = loss + F.kl_div(F.log_softmax(x_sd / temperature, dim=1), F.softmax(teacher / temperature, dim=1),
@@ -72,10 +76,11 @@ def augment(crops_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def train_step(model: LiLNet, optimizer: torch.optim.Optimizer, crops_u8: np.ndarray, labels: np.ndarray,
-               device: str) -> float:
+               device: str, class_weights: Tensor | None = None) -> float:
     model.train()
     inputs = to_classifier_input(crops_u8).to(device)
-    loss = lilnet_loss(model, inputs, torch.as_tensor(labels, dtype=torch.long, device=device))
+    loss = lilnet_loss(model, inputs, torch.as_tensor(labels, dtype=torch.long, device=device),
+                       class_weights=class_weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -111,6 +116,9 @@ def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
     crops, labels, _ = train.for_task(task)
     tcrops, tlabels, tlesions = test.for_task(task)
     n = len(TASKS[task])
+    # Inverse-frequency class weights (metastases come 2-5 per case and would dominate otherwise).
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    class_weights = torch.as_tensor(counts.sum() / (n * np.maximum(counts, 1)), dtype=torch.float32, device=device)
     model = LiLNet(n, depth=args.depth, with_sd_head=True, width=args.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * int(np.ceil(len(crops) / args.batch_size))
@@ -123,7 +131,8 @@ def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
             idx = order[i:i + args.batch_size]
             if len(idx) < 2:
                 continue
-            losses.append(train_step(model, optimizer, augment(crops[idx], rng), labels[idx], device))
+            losses.append(train_step(model, optimizer, augment(crops[idx], rng), labels[idx], device,
+                                     class_weights if args.balance else None))
             sched.step()
         log.info("task=%s epoch=%d loss=%.4f elapsed=%.0fs", task, epoch, np.mean(losses), time.time() - t0)
     fp32 = accuracies(ag_logits(model, tcrops, device), tlabels, tlesions)
@@ -174,8 +183,10 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             f"[{task}.training_data]",
             'source = "pipeline.phantom (AP+PVP, 40 slices x 5 mm)"',
             f"phantom_seed = {args.data_seed}",
-            f"cases = {args.cases_per_class * 6}",
+            f"cases = {args.cases_per_class * len(args.classes.split(','))}",
             f"cases_per_class = {args.cases_per_class}",
+            "classes = [" + ", ".join(_q(c) for c in args.classes.split(",")) + "]",
+            f"class_balanced_loss = {'true' if args.balance else 'false'}",
             f"max_slices_per_lesion_phase = {args.max_slices}",
             f"train_crops = {r['n_train']}",
             f"epochs = {args.epochs}",
@@ -211,6 +222,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-dtype", default="float16", choices=["float32", "float16", "bfloat16", "float8_e4m3fn"])
     p.add_argument("--cache", type=Path, default=Path("/tmp/classifier-crops"))
     p.add_argument("--tasks", default="bm,benign,malignant")
+    p.add_argument("--classes", default="FNH,HEM,CYST,HCC,ICC,MET",
+                   help="lesion classes of the rendered training cases (e.g. HCC,ICC,MET for the malignant task)")
+    p.add_argument("--balance", action="store_true", help="inverse-frequency class weights in the loss")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
@@ -224,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m pipeline.train.classifier " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     t0 = time.time()
-    train = cached_crops(args.cache, args.data_seed, args.cases_per_class, max_slices=args.max_slices)
+    classes = tuple(LesionClass(c) for c in args.classes.split(","))
+    extra = {} if classes == ALL_CLASSES else {"classes": classes}
+    train = cached_crops(args.cache, args.data_seed, args.cases_per_class, max_slices=args.max_slices, **extra)
     test = cached_crops(args.cache, args.test_seed, args.test_cases_per_class, max_slices=args.max_slices,
                         jitter=True)
     log.info("data train=%d test=%d crops in %.0fs", len(train), len(test), time.time() - t0)

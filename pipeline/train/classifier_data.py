@@ -132,7 +132,7 @@ def build_crops(seed: int, cases_per_class: int, *, max_slices: int = 3, min_sid
 
 def cached_crops(cache_dir: Path, seed: int, cases_per_class: int, **kwargs) -> CropSet:
     """``build_crops`` with an .npz cache keyed on the arguments."""
-    extra = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+    extra = "-".join(f"{k}{''.join(c.value for c in v) if k == 'classes' else v}" for k, v in sorted(kwargs.items()))
     path = cache_dir / f"crops-s{seed}-k{cases_per_class}{'-' + extra if extra else ''}.npz"
     if path.is_file():
         return CropSet.load(path)

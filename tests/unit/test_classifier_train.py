@@ -71,22 +71,19 @@ def test_training_steps_reduce_loss():
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
     """A weights folder in the shipped layout: three resnet18 LiLNets saved and described as training does."""
-    import argparse
-
     from pipeline.classify.checkpoints import CheckpointMetadata, save_lilnet_checkpoint
-    from pipeline.train.classifier import write_manifest
+    from pipeline.train.classifier import parse_args, write_manifest
 
     out = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     results = []
     for task, classes in TASKS.items():
         name = f"classifier-{task}.pth.tar"
-        sha = save_lilnet_checkpoint(LiLNet(len(classes), depth="resnet18"), out / name,
+        sha = save_lilnet_checkpoint(LiLNet(len(classes), depth="resnet18", width=16), out / name,
                                      CheckpointMetadata(epoch=0, auc=None, acc=None))
         results.append({"task": task, "file": name, "sha256": sha, "n_train": 0, "n_crops": 0, "n_lesions": 0,
                         "crop_acc": 0.0, "lesion_acc": 0.0})
-    args = argparse.Namespace(depth="resnet18", weight_dtype="float32", seed=0, data_seed=0, cases_per_class=0,
-                              max_slices=0, epochs=0, test_seed=0, test_cases_per_class=0)
+    args = parse_args(["--out", str(out), "--depth", "resnet18", "--width", "16", "--weight-dtype", "float32"])
     write_manifest(out, results, args, "test fixture: untrained")
     return out
 
@@ -109,3 +106,17 @@ def test_manifest_with_wrong_sha256_is_rejected(weights_dir, tmp_path):
     (tmp_path / "classifiers.manifest.toml").write_text(text.replace(good, "0" * 64))
     with pytest.raises(ModelLoadError, match="sha256"):
         LesionClassifier.from_manifest(tmp_path, device="cpu")
+
+
+def test_class_weights_shift_the_loss_towards_the_weighted_class():
+    torch.manual_seed(0)
+    model = LiLNet(3, depth="resnet18", width=8, with_sd_head=False).eval()
+    x = torch.randn(4, 3, 224, 224)
+    labels = torch.tensor([0, 0, 1, 2])
+    with torch.no_grad():
+        plain = lilnet_loss(model, x, labels)
+        uniform = lilnet_loss(model, x, labels, class_weights=torch.ones(3))
+        per_class = [lilnet_loss(model, x[labels == c], labels[labels == c]) for c in range(3)]
+        only_2 = lilnet_loss(model, x, labels, class_weights=torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(plain, uniform)
+    assert torch.allclose(only_2, per_class[2], atol=1e-5)
