@@ -125,11 +125,13 @@ class Analyzer:
         result.timings_s["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        lesion_conf = float(getattr(self.detector, "lesion_conf", 0.0))
         for s, ls in loaded:
             boxes = [[Box2D(i, d.x1, d.y1, d.x2, d.y2, d.confidence) for d in dets]
                      for i, dets in enumerate(detections[s.series_uid])]
             phase = s.phase if s.phase in PRIMARY_PHASES else "UNKNOWN"
-            per_series.append([measure(track, ls, phase) for track in group_boxes(boxes)])
+            tracks = [tr for tr in group_boxes(boxes) if max(b.confidence for b in tr) >= lesion_conf]
+            per_series.append([measure(track, ls, phase) for track in tracks])
         frames = {ls.geometry.frame_of_reference_uid for _, ls in loaded}
         if len(frames) == 1 and None not in frames:
             lesions = match_phases(per_series)

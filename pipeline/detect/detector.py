@@ -46,6 +46,9 @@ class DetectorManifest:
     iou: float
     max_det: int
     classes: tuple[str, ...]
+    # Hysteresis: boxes down to ``conf`` extend a lesion across slices, but a lesion is kept only
+    # when one of its boxes reaches ``lesion_conf`` (defaults to ``conf``: no hysteresis).
+    lesion_conf: float = 0.0
 
 
 def read_manifest(weights_dir: Path) -> DetectorManifest:
@@ -57,6 +60,7 @@ def read_manifest(weights_dir: Path) -> DetectorManifest:
             weights=path.parent / str(raw["file"]), imgsz=int(raw["input"]["imgsz"]),
             conf=float(raw["thresholds"]["conf"]), iou=float(raw["thresholds"]["iou"]),
             max_det=int(raw["thresholds"]["max_det"]), classes=tuple(raw.get("classes", ("lesion",))),
+            lesion_conf=float(raw["thresholds"].get("lesion_conf", raw["thresholds"]["conf"])),
         )
     except OSError as exc:
         raise DetectorLoadError(f"{path}: cannot read manifest: {exc}") from exc
@@ -104,6 +108,10 @@ class LesionDetector:
     @property
     def sha256(self) -> str:
         return self._manifest.sha256
+
+    @property
+    def lesion_conf(self) -> float:
+        return self._manifest.lesion_conf
 
     @property
     def device(self) -> str:

@@ -106,6 +106,17 @@ def test_run_study_groups_truth_boxes_into_one_lesion_across_phases(phantom, tmp
     assert refused.status == "not_analysed" and "disabled" in refused.reason
 
 
+def test_lesion_needs_one_box_above_the_lesion_threshold(phantom):
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = study_inputs(series, PhaseRules())
+    oracle = _oracle(out)  # every box at confidence 0.9
+    oracle.lesion_conf = 0.95
+    assert Analyzer(oracle, FixedClassifier(), []).run_study(study_uid, inputs).lesions == []
+    oracle.lesion_conf = 0.85
+    assert len(Analyzer(oracle, FixedClassifier(), []).run_study(study_uid, inputs).lesions) == 1
+
+
 def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
     out, study = phantom
     analyzer = Analyzer(_oracle(out), FixedClassifier(), [])
