@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from pipeline.classify.checkpoints import LoadedClassifier, ModelLoadError, load_lilnet_checkpoint
 from pipeline.classify.preprocess import to_classifier_input
+from pipeline.hierarchy import HierarchyLogits  # the one type the analyzer aggregates
 
 TASK_KEYS = ("bm", "benign", "malignant")
 TASK_CLASSES: dict[str, tuple[str, ...]] = {
@@ -29,15 +29,6 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
 PUBLISHED_ALIASES = {"bm": ("bm", "BM", "Time_BM"), "benign": ("benign", "B", "Time_B"),
                      "malignant": ("malignant", "M", "Time_M")}
 MANIFEST_NAME = "classifiers.manifest.toml"
-
-
-@dataclass(frozen=True)
-class HierarchyLogits:
-    """AG logits per crop: bm [M,2], benign [M,3], malignant [M,3] (float32, no softmax)."""
-
-    bm: np.ndarray
-    benign: np.ndarray
-    malignant: np.ndarray
 
 
 class LesionClassifier:

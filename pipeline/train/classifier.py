@@ -110,6 +110,19 @@ def reduce_precision(model: LiLNet, dtype: torch.dtype) -> None:
             t.data = t.data.to(dtype)
 
 
+HEAD_PREFIXES = ("fc3.", "fc.", "fc_SD.")  # their shapes depend on the class count
+
+
+def init_backbone(model: LiLNet, path: Path) -> None:
+    """Start from another LiLNet checkpoint's backbone and fc_ens (transfer), keeping fresh class heads."""
+    source = load_lilnet_checkpoint(path, None, depth=model.depth).model.float().state_dict()
+    keep = {k: v for k, v in source.items() if not k.startswith(HEAD_PREFIXES)}
+    missing, unexpected = model.load_state_dict(keep, strict=False)
+    if unexpected or any(not k.startswith(HEAD_PREFIXES) for k in missing):
+        raise ValueError(f"{path}: backbone does not fit (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    log.info("initialised backbone from %s (%d tensors)", path, len(keep))
+
+
 def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
     rng = np.random.default_rng([args.seed, list(TASKS).index(task)])
     torch.manual_seed(args.seed)
@@ -119,7 +132,10 @@ def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
     # Inverse-frequency class weights (metastases come 2-5 per case and would dominate otherwise).
     counts = np.bincount(labels, minlength=n).astype(np.float64)
     class_weights = torch.as_tensor(counts.sum() / (n * np.maximum(counts, 1)), dtype=torch.float32, device=device)
-    model = LiLNet(n, depth=args.depth, with_sd_head=True, width=args.width).to(device)
+    model = LiLNet(n, depth=args.depth, with_sd_head=True, width=args.width)
+    if args.init_backbone:
+        init_backbone(model, args.init_backbone)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * int(np.ceil(len(crops) / args.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(steps, 1))
@@ -187,6 +203,7 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             f"cases_per_class = {args.cases_per_class}",
             "classes = [" + ", ".join(_q(c) for c in args.classes.split(",")) + "]",
             f"class_balanced_loss = {'true' if args.balance else 'false'}",
+            f"initial_backbone = {_q(args.init_backbone.name if args.init_backbone else 'random (torchvision init)')}",
             f"max_slices_per_lesion_phase = {args.max_slices}",
             f"train_crops = {r['n_train']}",
             f"epochs = {args.epochs}",
@@ -224,6 +241,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tasks", default="bm,benign,malignant")
     p.add_argument("--classes", default="FNH,HEM,CYST,HCC,ICC,MET",
                    help="lesion classes of the rendered training cases (e.g. HCC,ICC,MET for the malignant task)")
+    p.add_argument("--init-backbone", type=Path, default=None,
+                   help="LiLNet checkpoint whose backbone starts training (e.g. the trained BM model)")
     p.add_argument("--balance", action="store_true", help="inverse-frequency class weights in the loss")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
