@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="")
+    ap.add_argument("--weights", type=Path, default=REPO / "weights")
     ap.add_argument("--detector-batches", default="", help="comma list: also time the detector alone per batch size")
     ap.add_argument("--half", action="store_true", help="fp16 for the detector timing (GPU)")
     args = ap.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         (study_uid, series), = scan_studies(out).items()
         inputs = study_inputs(series, PhaseRules())
         t = time.perf_counter()
-        analyzer = Analyzer.from_weights(REPO / "weights", device=args.device or None)
+        analyzer = Analyzer.from_weights(args.weights, device=args.device or None)
         load_models = time.perf_counter() - t
         runs = []
         for i in range(args.repeat + 1):

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run the inference worker alone (systemd runs it as its own unit)")
     _config_args(p)
+    p.add_argument("--destination", action="append", help="result destination AE@HOST:PORT (repeatable)")
 
     p = sub.add_parser("echo", help="C-ECHO a remote AE")
     p.add_argument("target", help="AE@HOST:PORT")
@@ -89,6 +90,9 @@ def _worker_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
     argv = [sys.executable, "-m", "node.cli", "worker", "--data-dir", str(settings.data_dir), "--log-level", args.log_level]
     if args.config:
         argv += ["--config", str(Path(args.config).resolve())]
+    # The worker queues the deliveries, so it needs the destinations given on serve's command line.
+    for dest in getattr(args, "destination", None) or []:
+        argv += ["--destination", dest]
     return argv
 
 

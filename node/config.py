@@ -179,7 +179,7 @@ class Settings:
 
     def destinations_for(self, calling_aet: str | None) -> list[Destination]:
         """Every configured destination, plus the return address of the AE that sent the study."""
-        dests = self.destinations
+        dests = list(self.destinations)
         back = self.results.return_to.get((calling_aet or "").strip())
         if back:
             dests.append(Destination.parse(back, "results.return_to"))
