@@ -129,9 +129,11 @@ def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
     crops, labels, _ = train.for_task(task)
     tcrops, tlabels, tlesions = test.for_task(task)
     n = len(TASKS[task])
-    # Inverse-frequency class weights (metastases come 2-5 per case and would dominate otherwise).
-    counts = np.bincount(labels, minlength=n).astype(np.float64)
-    class_weights = torch.as_tensor(counts.sum() / (n * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+    class_weights = None
+    if args.balance:  # inverse frequency: metastases come 2-5 per case and would dominate otherwise
+        counts = np.bincount(labels, minlength=n).astype(np.float64)
+        class_weights = torch.as_tensor(counts.sum() / (n * np.maximum(counts, 1)), dtype=torch.float32,
+                                        device=device)
     model = LiLNet(n, depth=args.depth, with_sd_head=True, width=args.width)
     if args.init_backbone:
         init_backbone(model, args.init_backbone)
@@ -148,7 +150,7 @@ def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
             if len(idx) < 2:
                 continue
             losses.append(train_step(model, optimizer, augment(crops[idx], rng), labels[idx], device,
-                                     class_weights if args.balance else None))
+                                     class_weights))
             sched.step()
         log.info("task=%s epoch=%d loss=%.4f elapsed=%.0fs", task, epoch, np.mean(losses), time.time() - t0)
     fp32 = accuracies(ag_logits(model, tcrops, device), tlabels, tlesions)
@@ -199,9 +201,9 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             f"[{task}.training_data]",
             'source = "pipeline.phantom (AP+PVP, 40 slices x 5 mm)"',
             f"phantom_seed = {args.data_seed}",
-            f"cases = {args.cases_per_class * len(args.classes.split(','))}",
+            f"cases = {args.cases_per_class * len(args.classes)}",
             f"cases_per_class = {args.cases_per_class}",
-            "classes = [" + ", ".join(_q(c) for c in args.classes.split(",")) + "]",
+            "classes = [" + ", ".join(_q(c.value) for c in args.classes) + "]",
             f"class_balanced_loss = {'true' if args.balance else 'false'}",
             f"initial_backbone = {_q(args.init_backbone.name if args.init_backbone else 'random (torchvision init)')}",
             f"max_slices_per_lesion_phase = {args.max_slices}",
@@ -239,7 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-dtype", default="float16", choices=["float32", "float16", "bfloat16", "float8_e4m3fn"])
     p.add_argument("--cache", type=Path, default=Path("/tmp/classifier-crops"))
     p.add_argument("--tasks", default="bm,benign,malignant")
-    p.add_argument("--classes", default="FNH,HEM,CYST,HCC,ICC,MET",
+    p.add_argument("--classes", default=ALL_CLASSES, type=lambda s: tuple(LesionClass(c) for c in s.split(",")),
                    help="lesion classes of the rendered training cases (e.g. HCC,ICC,MET for the malignant task)")
     p.add_argument("--init-backbone", type=Path, default=None,
                    help="LiLNet checkpoint whose backbone starts training (e.g. the trained BM model)")
@@ -257,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m pipeline.train.classifier " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     t0 = time.time()
-    classes = tuple(LesionClass(c) for c in args.classes.split(","))
-    extra = {} if classes == ALL_CLASSES else {"classes": classes}
+    extra = {} if args.classes == ALL_CLASSES else {"classes": args.classes}
     train = cached_crops(args.cache, args.data_seed, args.cases_per_class, max_slices=args.max_slices, **extra)
     test = cached_crops(args.cache, args.test_seed, args.test_cases_per_class, max_slices=args.max_slices,
                         jitter=True)
