@@ -10,8 +10,9 @@ into a fresh receiver each time:
   (b) storescp     ``storescp -od DIR PORT``; ``--fork`` for the four-association case, since plain
                    storescp serves one association at a time. storescp does NOT fsync; max PDU 16 KiB
                    (its default).
-  (c) Orthanc      /usr/sbin/Orthanc with its own JSON config in a temp dir (``SyncStorageArea`` true,
-                   its default fsync; ``MaximumPduLength`` 16 KiB, its default; 4 DICOM threads).
+  (c) Orthanc      /usr/sbin/Orthanc started by the test launcher (tests/support/orthanc.py) in a temp
+                   dir (``SyncStorageArea`` true, its default fsync; ``MaximumPduLength`` 16 KiB, its
+                   default; 4 DICOM threads).
 
 storescp and Orthanc get TCP_NODELAY=1 in their environment too (DCMTK keeps Nagle on otherwise,
 costing ~40 ms per instance on loopback; ``--dcmtk-nagle`` measures that default instead).
@@ -33,14 +34,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +46,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.ctdata import SeriesSpec, uid, write_series  # noqa: E402
 from tests.support.nodeproc import NodeProcess  # noqa: E402
+from tests.support.orthanc import ORTHANC_BIN, OrthancPACS, free_port  # noqa: E402
 
-ORTHANC_BIN = "/usr/sbin/Orthanc"
 CALLING_AET = "BENCHSCU"
 RECEIVERS = ("liver-node", "storescp", "orthanc")
 ASSOC_COUNTS = (1, 4)
@@ -59,12 +57,6 @@ START_TIMEOUT = 60.0
 # liver-node sets TCP_NODELAY on its sockets itself. --dcmtk-nagle leaves the receivers' default.
 RECEIVER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 SEND_TIMEOUT = 600.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
@@ -189,47 +181,25 @@ class StoreSCP(Receiver):
 class Orthanc(Receiver):
     name, aet = "orthanc", "ORTHANC"
 
+    def __init__(self, workdir: Path, assocs: int) -> None:
+        super().__init__(workdir, assocs)
+        self.pacs: OrthancPACS | None = None
+
     def start(self) -> "Orthanc":
         self.workdir.mkdir(parents=True)
-        self.port, self.http_port = free_port(), free_port()
-        while self.http_port == self.port:
-            self.http_port = free_port()
-        config = {
-            "Name": "bench",
-            "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "index"),
-            "DicomServerEnabled": True,
-            "DicomAet": self.aet,
-            "DicomPort": self.port,  # Orthanc 1.10 has no DICOM bind address; the SCU uses loopback
-            "DicomAlwaysAllowStore": True,
-            "DicomCheckCalledAet": False,
-            "DicomCheckModalityHost": False,
-            "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "Plugins": [],
-            "SaveJobs": False,
-            "StorageCompression": False,
-            "SyncStorageArea": True,  # the 1.10 default, stated
-        }
-        cfg = self.workdir / "orthanc.json"
-        cfg.write_text(json.dumps(config, indent=1))
-        self.proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=str(self.workdir), env=RECEIVER_ENV)
-        wait_until(lambda: self._rest("/system") is not None, START_TIMEOUT, "orthanc REST /system", self.proc, self.log)
+        # Orthanc 1.10 has no DICOM bind address; the SCU uses loopback. SyncStorageArea: the 1.10 default, stated.
+        self.pacs = OrthancPACS(self.workdir, aet=self.aet, env=RECEIVER_ENV,
+                                config={"Name": "bench", "StorageCompression": False, "SyncStorageArea": True})
+        try:
+            self.pacs.start(START_TIMEOUT)  # returns once REST /system answers; RuntimeError with the log tail
+        finally:
+            self.proc = self.pacs.proc  # so close() kills it even when start failed
+        self.port = self.pacs.port
         wait_until(lambda: echo_ok(self.aet, self.port), START_TIMEOUT, "orthanc DICOM", self.proc, self.log)
         return self
 
-    def _rest(self, path: str):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
-                return json.loads(r.read())
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return None
-
     def stored(self) -> int:
-        stats = self._rest("/statistics")
+        stats = self.pacs.get("/statistics") if self.pacs is not None else None
         return int(stats["CountInstances"]) if stats else -1
 
 

@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, Mapping
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 
@@ -19,11 +20,20 @@ def free_port() -> int:
 
 
 class OrthancPACS:
+    """Orthanc in ``workdir`` on free loopback ports; ``start`` returns once its REST API answers.
+
+    ``config`` entries are merged over the built-in configuration (e.g. ``{"SyncStorageArea": True}``);
+    ``env`` replaces the server process's environment (default: inherited).
+    """
+
     def __init__(self, workdir: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC") -> None:
+                 aet: str = "ORTHANC", *, config: Mapping[str, Any] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
         self.aet = aet
         self.modalities = modalities or {}
+        self.extra_config = dict(config or {})
+        self.env = dict(env) if env is not None else None
         self.port = self.http_port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -31,6 +41,8 @@ class OrthancPACS:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.http_port = free_port()
+        while self.http_port == self.port:
+            self.http_port = free_port()
         config = {
             "Name": "liver-node-test", "StorageDirectory": str(self.workdir / "storage"),
             "IndexDirectory": str(self.workdir / "index"), "DicomServerEnabled": True, "DicomAet": self.aet,
@@ -38,11 +50,13 @@ class OrthancPACS:
             "DicomCheckModalityHost": False, "HttpServerEnabled": True, "HttpPort": self.http_port,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [], "SaveJobs": False,
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
+            **self.extra_config,
         }
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config))
         self.proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=(self.workdir / "orthanc.log").open("w"),
-                                     stderr=subprocess.STDOUT, cwd=str(self.workdir), start_new_session=True)
+                                     stderr=subprocess.STDOUT, cwd=str(self.workdir), start_new_session=True,
+                                     env=self.env)
         deadline = time.monotonic() + timeout
         while self.get("/system") is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
