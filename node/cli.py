@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, help="the --out folder of `liver-node run`")
     p.add_argument("--truth", type=Path, required=True, help="phantom output folder (labels.json files) or CSV")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--lesion-conf-sweep", metavar="T1,T2,...",
+                   help="instead: lesion detection at IoU 0.1 for each detector lesion_conf (run at a lower one)")
 
     p = sub.add_parser("phantom", help="write synthetic multiphase liver CT studies with ground truth", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -139,12 +141,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.evaluate import evaluate, format_report, load_csv_truth, load_phantom_truth
+    from pipeline.evaluate import evaluate, format_report, lesion_conf_sweep, load_csv_truth, load_phantom_truth
 
     truths = load_csv_truth(args.truth) if args.truth.is_file() else load_phantom_truth(args.truth)
     if not truths:
         print(f"liver-node: no ground truth found in {args.truth}", file=sys.stderr)
         return 2
+    if args.lesion_conf_sweep:
+        try:
+            thresholds = sorted(float(t) for t in args.lesion_conf_sweep.split(","))
+        except ValueError:
+            print(f"liver-node: --lesion-conf-sweep wants numbers like 0.3,0.4: {args.lesion_conf_sweep}",
+                  file=sys.stderr)
+            return 2
+        for t, m in lesion_conf_sweep(args.results, truths, thresholds).items():
+            print(f"lesion_conf {t:.2f}: lesion_recall={m['lesion_recall']:.3f} "
+                  f"lesion_precision={m['lesion_precision']:.3f} false_lesions_per_case={m['false_lesions_per_case']:.2f}")
+        return 0
     report = evaluate(args.results, truths)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,19 @@ class CaseTruth:
     normal: bool
     boxes: dict[str, list[tuple[int, tuple[float, float, float, float]]]]  # sop -> [(lesion_id, box)]
     lesion_classes: dict[int, str]
+    lesion_diameters_mm: dict[int, float] = field(default_factory=dict)  # largest in-plane diameter
+
+
+SIZE_BINS_MM = ((0.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, float("inf")))
+
+
+def _size_bin(d: float) -> int:
+    return next(i for i, (lo, hi) in enumerate(SIZE_BINS_MM) if lo <= d < hi)
+
+
+def _size_label(i: int) -> str:
+    lo, hi = SIZE_BINS_MM[i]
+    return f">={lo:g} mm" if hi == float("inf") else f"{lo:g}-{hi:g} mm"
 
 
 def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
@@ -42,6 +55,8 @@ def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
     for path in sorted(folder.rglob("labels.json")):
         d = json.loads(path.read_text())
         classes = {les["lesion_id"]: les["class"] for les in d["lesions"]}
+        diameters = {les["lesion_id"]: float(max(les["diameters_mm"][:2])) for les in d["lesions"]
+                     if "diameters_mm" in les}
         boxes: dict[str, list] = {}
         for entries in d["boxes"].values():
             for e in entries:
@@ -50,7 +65,7 @@ def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
                         (e["lesion_id"], (e["x1"], e["y1"], e["x2"], e["y2"])))
         kinds = set(classes.values())
         truths[d["study_instance_uid"]] = CaseTruth(d["study_instance_uid"], kinds.pop() if len(kinds) == 1 else None,
-                                                    not classes, boxes, classes)
+                                                    not classes, boxes, classes, diameters)
     return truths
 
 
@@ -106,6 +121,7 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
         tp = fp = fn = 0
         found_lesions = total_lesions = 0
         pred_lesions = true_pred_lesions = 0
+        by_size: dict[int, list[int]] = {}  # size bin -> [found, total]
         for uid, truth in truths.items():
             res = results.get(uid)
             pred: dict[str, list] = {}
@@ -133,6 +149,10 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
                 fp += len(p) - len(used)
             total_lesions += len(truth.lesion_classes)
             found_lesions += len(found)
+            for lesion_id, diameter in truth.lesion_diameters_mm.items():
+                tally = by_size.setdefault(_size_bin(diameter), [0, 0])
+                tally[0] += lesion_id in found
+                tally[1] += 1
         precision = tp / (tp + fp) if tp + fp else float("nan")
         recall = tp / (tp + fn) if tp + fn else float("nan")
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else float("nan")
@@ -140,7 +160,10 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
                              "lesion_recall": found_lesions / total_lesions if total_lesions else float("nan"),
                              # a predicted 3D lesion is true when any of its boxes matches a true box
                              "lesion_precision": true_pred_lesions / pred_lesions if pred_lesions else float("nan"),
-                             "false_lesions_per_case": (pred_lesions - true_pred_lesions) / max(len(truths), 1)}
+                             "false_lesions_per_case": (pred_lesions - true_pred_lesions) / max(len(truths), 1),
+                             # found / total true lesions by largest in-plane diameter (phantom truth only)
+                             "lesion_recall_by_size": {_size_label(i): f"{by_size[i][0]}/{by_size[i][1]}"
+                                                       for i in sorted(by_size)}}
     return out
 
 
@@ -197,11 +220,42 @@ def classification_metrics(rows: list[tuple[str, str, str, float]], seed: int = 
     }
 
 
-def evaluate(results_dir: Path, truths: dict[str, CaseTruth]) -> dict:
+def load_results(results_dir: Path) -> dict[str, dict]:
     results = {}
     for path in results_dir.rglob("result.json"):
         d = json.loads(path.read_text())
         results[d["study_instance_uid"]] = d
+    return results
+
+
+def at_lesion_conf(results: dict[str, dict], lesion_conf: float) -> dict[str, dict]:
+    """Results as a stricter detector ``lesion_conf`` would have left them.
+
+    A per-phase view (one 3D track) survives when its highest box confidence reaches
+    ``lesion_conf``, and a lesion when any view survives: the detector's hysteresis applied
+    afterwards, so one low-threshold run can be scored at several thresholds. Exact when the
+    run's own ``lesion_conf`` was at or below the lowest value swept.
+    """
+    out = {}
+    for uid, res in results.items():
+        lesions = []
+        for les in res["lesions"]:
+            views = [v for v in les["views"] if (v["detector_confidence"] or 0.0) >= lesion_conf]
+            if views:
+                lesions.append({**les, "views": views})
+        out[uid] = {**res, "lesions": lesions}
+    return out
+
+
+def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth],
+                      thresholds: list[float]) -> dict[float, dict]:
+    """Lesion-level detection at IoU 0.1 for each candidate ``lesion_conf`` (pick it on validation data)."""
+    results = load_results(results_dir)
+    return {t: detection_metrics(at_lesion_conf(results, t), truths)["iou_0.1"] for t in thresholds}
+
+
+def evaluate(results_dir: Path, truths: dict[str, CaseTruth]) -> dict:
+    results = load_results(results_dir)
     missing = sorted(set(truths) - set(results))
     case_rows = []
     for uid, t in truths.items():
@@ -224,7 +278,10 @@ def format_report(report: dict) -> str:
     lines = [f"studies: {report['studies']}"]
     if report["detection"]:
         for k, v in report["detection"].items():
-            lines.append(f"detection {k}: " + " ".join(f"{m}={x:.3f}" for m, x in v.items()))
+            lines.append(f"detection {k}: " + " ".join(f"{m}={x:.3f}" for m, x in v.items() if isinstance(x, float)))
+            if v.get("lesion_recall_by_size"):
+                lines.append(f"  lesion recall by size {k}: " + ", ".join(f"{b} {r}" for b, r in
+                                                                        v["lesion_recall_by_size"].items()))
     for level in ("lesion_classification", "case_classification"):
         m = report[level]
         if not m:

@@ -36,7 +36,7 @@ def _toml_str(s: str) -> str:
 
 def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: int, cases: int, command: str,
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
-                   max_det: int = 100) -> None:
+                   max_det: int = 100, train_crop: int | None = None) -> None:
     lines = [
         'name = "liver-lesion-detector"',
         'version = "0.1.0-phantom"',
@@ -52,6 +52,7 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         "window_center = 40",
         "window_width = 400",
         'channels = "RGB"',
+        *([f"train_crop = {train_crop}  # trained on native-resolution crops of this size"] if train_crop else []),
         "",
         "[thresholds]",
         "conf = 0.25",
@@ -93,6 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-epochs", type=float, default=3.0)
     p.add_argument("--reuse-data", action="store_true", help="reuse <out>/data if data.yaml exists (same seed/cases)")
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
+    p.add_argument("--crop", type=int, default=None,
+                   help="train on native-resolution crops of this size (then --imgsz is the crop size)")
+    p.add_argument("--infer-imgsz", type=int, default=None,
+                   help="inference size written to the manifest (default: 512 with --crop, else --imgsz)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--scale", type=float, default=0.5, help="ultralytics scale augmentation (+/- gain)")
+    p.add_argument("--hsv-v", type=float, default=0.4, help="ultralytics brightness augmentation")
+    p.add_argument("--mosaic", type=float, default=0.1)
+    p.add_argument("--optimizer", default="AdamW",
+                   help="ultralytics optimizer; 'auto' switches to MuSGD past 10k iterations, ~5x slower per step on CPU")
+    p.add_argument("--lr0", type=float, default=0.002)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -100,10 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     configure_ultralytics_offline(REPO / ".yolo")
     import ultralytics  # noqa: PLC0415
+    import ultralytics.utils.torch_utils as ultra_torch  # noqa: PLC0415
     from ultralytics import YOLO  # noqa: PLC0415
 
+    ultra_torch.NUM_THREADS = args.threads  # select_device() resets torch threads to cpu_count - 1 otherwise
+
     t0 = time.monotonic()
-    export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=args.imgsz, negative_fraction=args.negatives)
+    export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=args.crop or args.imgsz,
+                                negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop)
+    train_imgsz = args.crop or args.imgsz
+    infer_imgsz = args.infer_imgsz or (512 if args.crop else args.imgsz)
     if args.reuse_data and (out / "data" / "data.yaml").is_file():
         data_yaml = out / "data" / "data.yaml"
         log.info("reusing %s", data_yaml)
@@ -118,10 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         model = YOLO(args.model)  # built from the yaml, no download
     train_kw = dict(
-        data=str(data_yaml), imgsz=args.imgsz, epochs=args.epochs, batch=args.batch,
+        data=str(data_yaml), imgsz=train_imgsz, epochs=args.epochs, batch=args.batch,
         device=0 if cuda else "cpu", workers=8 if cuda else 0, amp=False, plots=False, seed=args.seed,
-        deterministic=True, project=str(out / "runs"), name="detector", exist_ok=True, mosaic=0.1,
-        fliplr=0.5, close_mosaic=0, patience=100, verbose=True, warmup_epochs=args.warmup_epochs,
+        deterministic=True, project=str(out / "runs"), name="detector", exist_ok=True, mosaic=args.mosaic,
+        scale=args.scale, hsv_v=args.hsv_v, hsv_s=0.0, hsv_h=0.0,  # grey images: no hue/saturation
+        optimizer=args.optimizer, lr0=args.lr0, fliplr=0.5, close_mosaic=0, patience=100, verbose=True, warmup_epochs=args.warmup_epochs,
     )
     if args.time:
         train_kw["time"] = args.time
@@ -141,9 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         strip_optimizer(str(dest))
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     arch = Path(args.model).stem
-    write_manifest(args.weights_dir / "detector.manifest.toml", weights=dest, arch=arch, imgsz=args.imgsz,
+    write_manifest(args.weights_dir / "detector.manifest.toml", weights=dest, arch=arch, imgsz=infer_imgsz,
                    seed=args.seed, cases=args.cases, command=command, ultra_version=ultralytics.__version__,
-                   metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall)
+                   metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

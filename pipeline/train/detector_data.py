@@ -4,15 +4,24 @@ Layout: ``<root>/images/{train,val}/*.png`` (RGB, W400/L40 windowed, resized to 
 ``<root>/labels/{train,val}/*.txt`` (``0 cx cy w h`` normalised; empty file = negative) and
 ``<root>/data.yaml`` with absolute paths. Split is by case (the last ``val_fraction`` of cases).
 
-Tiny lesions: a box whose area at training scale is below ``min_area_px`` (default 4 px,
-i.e. 16 px at 512 for imgsz 256) is dropped from the labels; such slices are still exported
-(they count as lesion slices, not negatives).
+Two image modes:
+
+- resized (``crop=None``): the whole slice resized so its long side is ``imgsz``;
+- native crops (``crop=N``): an ``N x N`` window at the source resolution, placed at random
+  but so that a randomly chosen lesion box lies fully inside it. The detector then runs on the
+  whole slice at native size (manifest ``imgsz`` = slice size): small lesions keep all their
+  pixels while each training image costs only ``N^2``. Boxes cut by the window edge are kept
+  (clipped) when at least ``min_visible`` of their area is inside, else dropped.
+
+Tiny lesions: a box whose area at training scale is below ``min_area_px`` (default 4 px)
+is dropped from the labels; such slices are still exported (they count as lesion slices,
+not negatives).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +45,8 @@ class ExportOptions:
     min_area_px: float = 4.0  # at training scale
     n_slices: int = 40
     slice_thickness_mm: float = 5.0
+    crop: int | None = None  # native-resolution crop size; None = resize whole slice to imgsz
+    min_visible: float = 0.6  # crop mode: fraction of a cut box that must stay inside
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,39 @@ def yolo_lines(boxes: Sequence[LesionBox], width: int, height: int, scale: float
     return lines, dropped
 
 
+def crop_window(boxes: Sequence[LesionBox], width: int, height: int, crop: int,
+                rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a ``crop`` window holding one randomly chosen box (any place if none)."""
+    max_x, max_y = max(0, width - crop), max(0, height - crop)
+    if not boxes:
+        return int(rng.integers(0, max_x + 1)), int(rng.integers(0, max_y + 1))
+    b = boxes[int(rng.integers(0, len(boxes)))]
+    # window must start at or before the box start and end at or after the box end
+    lo_x, hi_x = max(0, int(np.ceil(b.x2)) - crop), min(max_x, int(b.x1))
+    lo_y, hi_y = max(0, int(np.ceil(b.y2)) - crop), min(max_y, int(b.y1))
+    x0 = int(rng.integers(lo_x, hi_x + 1)) if hi_x >= lo_x else min(max_x, max(0, int(b.x1)))
+    y0 = int(rng.integers(lo_y, hi_y + 1)) if hi_y >= lo_y else min(max_y, max(0, int(b.y1)))
+    return x0, y0
+
+
+def boxes_in_window(boxes: Sequence[LesionBox], x0: int, y0: int, crop: int,
+                    min_visible: float) -> tuple[list[LesionBox], int]:
+    """Boxes shifted into window coordinates and clipped; those mostly outside are dropped (counted)."""
+    kept: list[LesionBox] = []
+    dropped = 0
+    for b in boxes:
+        x1, y1 = max(b.x1 - x0, 0.0), max(b.y1 - y0, 0.0)
+        x2, y2 = min(b.x2 - x0, float(crop)), min(b.y2 - y0, float(crop))
+        area = (b.x2 - b.x1) * (b.y2 - b.y1)
+        if x2 <= x1 or y2 <= y1 or area <= 0:
+            continue  # wholly outside: this crop simply does not show it
+        if (x2 - x1) * (y2 - y1) < min_visible * area:
+            dropped += 1
+            continue
+        kept.append(replace(b, x1=x1, y1=y1, x2=x2, y2=y2))
+    return kept, dropped
+
+
 def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
     root = Path(root).resolve()
     n_val = max(1, round(opts.n_cases * opts.val_fraction))
@@ -90,18 +134,25 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
         for phase in PHASES:
             vol = case.volumes[phase]
             _, height, width = vol.shape
-            scale = opts.imgsz / max(height, width)
+            scale = 1.0 if opts.crop else opts.imgsz / max(height, width)
             for k in range(vol.shape[0]):
                 boxes = case.boxes[k]
                 if not boxes and rng.random() >= opts.negative_fraction:
                     continue
-                lines, dropped = yolo_lines(boxes, width, height, scale, opts.min_area_px)
+                pixels = window_u8(vol[k])
+                if opts.crop:
+                    x0, y0 = crop_window(boxes, width, height, opts.crop, rng)
+                    boxes, cut = boxes_in_window(boxes, x0, y0, opts.crop, opts.min_visible)
+                    n_dropped += cut
+                    pixels = pixels[y0:y0 + opts.crop, x0:x0 + opts.crop]
+                out_h, out_w = pixels.shape
+                lines, dropped = yolo_lines(boxes, out_w, out_h, scale, opts.min_area_px)
                 n_boxes += len(lines)
                 n_dropped += dropped
                 stem = f"s{opts.seed}_c{index:04d}_{phase.value}_{k:03d}"
-                img = Image.fromarray(to_rgb(window_u8(vol[k])))
+                img = Image.fromarray(to_rgb(pixels))
                 if scale != 1.0:
-                    img = img.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+                    img = img.resize((round(out_w * scale), round(out_h * scale)), Image.BILINEAR)
                 img.save(root / "images" / split / f"{stem}.png", compress_level=1)
                 (root / "labels" / split / f"{stem}.txt").write_text("".join(x + "\n" for x in lines))
                 counts[split] += 1

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.analyzer import Analyzer, AnalyzerOptions, SeriesInput
 from pipeline.batch import run_folder, scan_studies, study_inputs
-from pipeline.evaluate import evaluate, load_phantom_truth
+from pipeline.evaluate import evaluate, lesion_conf_sweep, load_phantom_truth
 from pipeline.hierarchy import HierarchyLogits
 from pipeline.phases import PhaseRules
 from pipeline.phantom import CaseOptions, ContrastPhase, LesionClass, WriteOptions, make_study
@@ -140,4 +140,9 @@ def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
         assert metrics["box_recall"] == pytest.approx(1.0) and metrics["box_precision"] == pytest.approx(1.0)
         assert metrics["lesion_recall"] == 1.0 and metrics["lesion_precision"] == 1.0
         assert metrics["false_lesions_per_case"] == 0.0
+        assert list(metrics["lesion_recall_by_size"].values()) == ["1/1"]  # one lesion, found, in its size bin
     assert report["lesion_classification"]["six_class"]["accuracy"]["value"] == 1.0
+    # Sweeping the lesion threshold afterwards: the oracle's boxes are all at 0.9.
+    sweep = lesion_conf_sweep(tmp_path / "results", load_phantom_truth(out), [0.5, 0.95])
+    assert sweep[0.5]["lesion_recall"] == 1.0 and sweep[0.5]["lesion_precision"] == 1.0
+    assert sweep[0.95]["lesion_recall"] == 0.0

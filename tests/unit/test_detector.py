@@ -12,7 +12,8 @@ from pipeline.detect.detector import Detection, DetectorLoadError, LesionDetecto
 from pipeline.detect.offline import configure_ultralytics_offline
 from pipeline.imaging import window_u8
 from pipeline.phantom import CaseOptions, ContrastPhase, LesionBox, LesionClass, render_case, sample_case
-from pipeline.train.detector_data import ExportOptions, export_dataset, yolo_lines
+from pipeline.train.detector_data import (ExportOptions, boxes_in_window, crop_window, export_dataset,
+                                         yolo_lines)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,6 +55,50 @@ def test_export_matches_phantom_boxes(tmp_path: Path) -> None:
             np.testing.assert_allclose(row[1:], [(b.x1 + b.x2) / 1024, (b.y1 + b.y2) / 1024,
                                                  (b.x2 - b.x1) / 512, (b.y2 - b.y1) / 512], atol=1e-6)
     assert n_pos > 0
+
+
+def test_crop_window_holds_the_chosen_box_and_stays_inside_the_slice() -> None:
+    rng = np.random.default_rng(0)
+    for box in (_box(100, 200, 140, 260), _box(0, 0, 10, 10), _box(500, 490, 512, 512)):
+        for _ in range(50):
+            x0, y0 = crop_window([box], 512, 512, 320, rng)
+            assert 0 <= x0 <= 192 and 0 <= y0 <= 192
+            assert x0 <= box.x1 and box.x2 <= x0 + 320 and y0 <= box.y1 and box.y2 <= y0 + 320
+    x0, y0 = crop_window([], 512, 512, 320, rng)
+    assert 0 <= x0 <= 192 and 0 <= y0 <= 192
+
+
+def test_boxes_in_window_shift_clip_and_drop_mostly_cut_boxes() -> None:
+    inside, half_cut, sliver, outside = (_box(110, 120, 130, 150), _box(90, 100, 110, 120),
+                                         _box(95, 100, 101, 110), _box(0, 0, 20, 20))
+    kept, dropped = boxes_in_window([inside, half_cut, sliver, outside], 100, 100, 64, 0.4)
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in kept] == [(10, 20, 30, 50), (0, 0, 10, 20)]  # half_cut: 50% kept
+    assert dropped == 1  # the sliver (1/6 inside); wholly outside boxes are neither kept nor counted
+
+
+def test_native_crop_export_keeps_source_resolution(tmp_path: Path) -> None:
+    opts = ExportOptions(seed=1000, n_cases=2, crop=160, negative_fraction=0.2, val_fraction=0.5,
+                         n_slices=12, min_area_px=0.0)
+    summary = export_dataset(tmp_path, opts)
+    assert summary.n_boxes > 0
+    from PIL import Image  # noqa: PLC0415
+
+    for png in (tmp_path / "images").rglob("*.png"):
+        assert Image.open(png).size == (160, 160)
+    cases = {i: render_case(sample_case(1000, i, CaseOptions(phases=(ContrastPhase.AP, ContrastPhase.PVP),
+                                                                 n_slices=12, slice_thickness_mm=5.0)))
+             for i in range(2)}
+    n_exact = 0
+    for label in (tmp_path / "labels").rglob("*.txt"):
+        _, case_tag, _, k = label.stem.split("_")
+        source = cases[int(case_tag[1:])].boxes[int(k)]
+        for line in label.read_text().splitlines():
+            _, cx, cy, w, h = (float(v) * 160 for v in line.split())
+            clipped = min(cx - w / 2, cy - h / 2) < 1e-3 or max(cx + w / 2, cy + h / 2) > 160 - 1e-3
+            same_size = any(abs(w - (b.x2 - b.x1)) < 1e-3 and abs(h - (b.y2 - b.y1)) < 1e-3 for b in source)
+            assert same_size or clipped  # never rescaled: a label is a source box, possibly cut by the edge
+            n_exact += same_size
+    assert n_exact > 0
 
 
 def test_offline_configuration_installs_font_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
