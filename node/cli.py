@@ -156,7 +156,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return 2
         for t, m in lesion_conf_sweep(args.results, truths, thresholds).items():
             print(f"lesion_conf {t:.2f}: lesion_recall={m['lesion_recall']:.3f} "
-                  f"lesion_precision={m['lesion_precision']:.3f} false_lesions_per_case={m['false_lesions_per_case']:.2f}")
+                  f"lesion_precision={m['lesion_precision']:.3f} "
+                  f"false_lesions_per_case={m['false_lesions_per_case']:.2f}")
         return 0
     report = evaluate(args.results, truths)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

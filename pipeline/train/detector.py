@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hsv-v", type=float, default=0.4, help="ultralytics brightness augmentation")
     p.add_argument("--mosaic", type=float, default=0.1)
     p.add_argument("--optimizer", default="AdamW",
-                   help="ultralytics optimizer; 'auto' switches to MuSGD past 10k iterations, ~5x slower per step on CPU")
+                   help="ultralytics optimizer; 'auto' switches to MuSGD past 10k iterations, "
+                        "~5x slower per step on CPU")
     p.add_argument("--lr0", type=float, default=0.002)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -140,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=0 if cuda else "cpu", workers=8 if cuda else 0, amp=False, plots=False, seed=args.seed,
         deterministic=True, project=str(out / "runs"), name="detector", exist_ok=True, mosaic=args.mosaic,
         scale=args.scale, hsv_v=args.hsv_v, hsv_s=0.0, hsv_h=0.0,  # grey images: no hue/saturation
-        optimizer=args.optimizer, lr0=args.lr0, fliplr=0.5, close_mosaic=0, patience=100, verbose=True, warmup_epochs=args.warmup_epochs,
+        optimizer=args.optimizer, lr0=args.lr0, fliplr=0.5, close_mosaic=0, patience=100, verbose=True,
+        warmup_epochs=args.warmup_epochs,
     )
     if args.time:
         train_kw["time"] = args.time
