@@ -119,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ultra_torch.NUM_THREADS = args.threads  # select_device() resets torch threads to cpu_count - 1 otherwise
 
     t0 = time.monotonic()
-    export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=args.crop or args.imgsz,
-                                negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop)
     train_imgsz = args.crop or args.imgsz
+    export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=train_imgsz,
+                                negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop)
     infer_imgsz = args.infer_imgsz or (512 if args.crop else args.imgsz)
     if args.reuse_data and (out / "data" / "data.yaml").is_file():
         data_yaml = out / "data" / "data.yaml"
