@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.detect.detector import Detection, LesionDetector  # noqa: E402
 from pipeline.imaging import window_u8  # noqa: E402
+from pipeline.lesions import box_iou  # noqa: E402
 from pipeline.phantom import CaseOptions, ContrastPhase, LesionBox, render_case, sample_case  # noqa: E402
 
 PHASES = (ContrastPhase.AP, ContrastPhase.PVP)
@@ -27,10 +28,7 @@ IOUS = (0.1, 0.3, 0.5)
 
 
 def iou(d: Detection, b: LesionBox) -> float:
-    ix = max(0.0, min(d.x2, b.x2) - max(d.x1, b.x1))
-    iy = max(0.0, min(d.y2, b.y2) - max(d.y1, b.y1))
-    inter = ix * iy
-    return inter / ((d.x2 - d.x1) * (d.y2 - d.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter + 1e-9)
+    return box_iou((d.x1, d.y1, d.x2, d.y2), (b.x1, b.y1, b.x2, b.y2))
 
 
 def match(dets: list[Detection], boxes: tuple[LesionBox, ...], t: float) -> tuple[int, set[int]]:

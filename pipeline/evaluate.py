@@ -16,16 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .hierarchy import ALL_CLASSES, MALIGNANT_CLASSES
+from .lesions import box_iou
 
 IOUS = (0.1, 0.3, 0.5)
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass
@@ -129,7 +122,7 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
                 for les in res["lesions"]:
                     pred_lesions += 1
                     boxes = [b for view in les["views"] for b in view["boxes"]]
-                    true_pred_lesions += any(_iou(b["xyxy"], tb) >= thr for b in boxes
+                    true_pred_lesions += any(box_iou(b["xyxy"], tb) >= thr for b in boxes
                                              for _, tb in truth.boxes.get(b["sop_instance_uid"], []))
                     for b in boxes:
                         pred.setdefault(b["sop_instance_uid"], []).append(tuple(b["xyxy"]))
@@ -138,7 +131,7 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
                 p, t = list(pred.get(sop, [])), list(truth.boxes.get(sop, []))
                 used = set()
                 for lesion_id, tb in t:
-                    best = max(((i, _iou(pb, tb)) for i, pb in enumerate(p) if i not in used), key=lambda x: x[1],
+                    best = max(((i, box_iou(pb, tb)) for i, pb in enumerate(p) if i not in used), key=lambda x: x[1],
                                default=(None, 0.0))
                     if best[0] is not None and best[1] >= thr:
                         used.add(best[0])
@@ -180,8 +173,8 @@ def _lesion_pairs(results: dict[str, dict], truths: dict[str, CaseTruth]) -> lis
                 for view in les["views"]:
                     for b in view["boxes"]:
                         for tid, tb in truth.boxes.get(b["sop_instance_uid"], []):
-                            if tid == lesion_id and _iou(b["xyxy"], tb) >= best_iou:
-                                best, best_iou = les, _iou(b["xyxy"], tb)
+                            if tid == lesion_id and box_iou(b["xyxy"], tb) >= best_iou:
+                                best, best_iou = les, box_iou(b["xyxy"], tb)
             if best is not None:
                 pairs.append((uid, true_cls, best["class"], best["p_malignant"]))
     return pairs

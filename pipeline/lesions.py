@@ -9,6 +9,7 @@ ellipses): a box-based approximation, stated in the result, since the detector g
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,12 +46,17 @@ class Box2D:
         return self.x1 <= x <= self.x2 and self.y1 <= y <= self.y2
 
 
-def iou(a: Box2D, b: Box2D) -> float:
-    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when both are empty."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
-    union = a.area + b.area - inter
+    union = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0) + max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0) - inter
     return inter / union if union > 0 else 0.0
+
+
+def iou(a: Box2D, b: Box2D) -> float:
+    return box_iou((a.x1, a.y1, a.x2, a.y2), (b.x1, b.y1, b.x2, b.y2))
 
 
 def _linked(a: Box2D, b: Box2D, min_iou: float) -> bool:

@@ -9,6 +9,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from pipeline.lesions import box_iou
 from pipeline.phantom import LesionClass
 from pipeline.report.codes import load_codes
 from tests.integration.test_outbox import StoreSCP
@@ -26,13 +27,6 @@ def _phantom(out: Path, cls: LesionClass, seed: int) -> tuple[list[Path], dict]:
     return sorted(study.folder.rglob("*.dcm")), json.loads(study.labels_path.read_text())
 
 
-def _box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def _check_sr(sr_path: Path, labels: dict) -> None:
     sr = hd.sr.srread(sr_path)
     groups = sr.content.get_planar_roi_measurement_groups()
@@ -48,7 +42,7 @@ def _check_sr(sr_path: Path, labels: dict) -> None:
         sop = region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         xs, ys = region.value[:, 0], region.value[:, 1]
         if sop in truth_boxes and finding.value in LESION_CODES:
-            best = max(best, _box_iou((xs.min(), ys.min(), xs.max(), ys.max()), truth_boxes[sop]))
+            best = max(best, box_iou((xs.min(), ys.min(), xs.max(), ys.max()), truth_boxes[sop]))
     assert best > 0.1, "no coded lesion finding in the SR whose region overlaps the true lesion"
 
 

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from pipeline.hierarchy import ALL_CLASSES, HierarchyLogits, decide
-from pipeline.lesions import Box2D, group_boxes, iou, match_phases, measure
+from pipeline.lesions import Box2D, box_iou, group_boxes, iou, match_phases, measure
 from pipeline.series import Geometry, LoadedSeries, SeriesError, load_series
 from tests.support.ctdata import SeriesSpec, uid, write_series
 
@@ -86,6 +86,13 @@ def test_grouping_follows_overlapping_boxes_across_slices():
     assert sorted(len(t) for t in tracks) == [1, 2, 3]
     assert [b.slice_index for b in max(tracks, key=len)] == [0, 1, 3]
     assert iou(_b(0, 0, 0, 10, 10), _b(0, 5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+def test_box_iou_on_plain_xyxy_tuples() -> None:
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    assert box_iou((0, 0, 10, 10), (2, 2, 4, 4)) == pytest.approx(4 / 100)  # contained
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert box_iou((5, 5, 5, 5), (5, 5, 5, 5)) == 0.0  # empty boxes: no division by zero
 
 
 def _loaded(series_uid: str, n: int = 5, frame="1.2.3", offset=(0.0, 0.0, 0.0)) -> LoadedSeries:
