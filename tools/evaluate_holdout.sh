@@ -3,6 +3,7 @@
 # training: detector 1000, classifiers 2000/3000, tests 7xxx), 20 cases per lesion class plus 20
 # normal cases, AP+PVP, 40 slices x 5 mm; then `liver-node run` and `liver-node evaluate`.
 #   bash tools/evaluate_holdout.sh /tmp/holdout [WEIGHTS_DIR]
+# JOBS=N analyses the class folders in N processes of one torch thread each (studies are independent).
 set -euo pipefail
 out=${1:?usage: evaluate_holdout.sh OUT_DIR [WEIGHTS_DIR]}
 weights=${2:-weights}
@@ -18,7 +19,15 @@ for cls in HCC ICC MET FNH HEM CYST none; do
   fi
   index=$((index + cases))
 done
-.venv/bin/liver-node run "$out/truth" --out "$out/results" --weights "$weights" --log-level WARNING \
-  > "$out/run.log" || echo "some studies were not analysed (see $out/run.log)" >&2
+jobs=${JOBS:-1}
+if [ "$jobs" -le 1 ]; then
+  .venv/bin/liver-node run "$out/truth" --out "$out/results" --weights "$weights" --log-level WARNING \
+    > "$out/run.log" || echo "some studies were not analysed (see $out/run.log)" >&2
+else
+  export OMP_NUM_THREADS=1 out weights
+  ls "$out/truth" | xargs -P "$jobs" -I{} sh -c '.venv/bin/liver-node run "$out/truth/{}" --out "$out/results" \
+    --weights "$weights" --log-level WARNING > "$out/run-{}.log" \
+    || echo "some studies were not analysed (see $out/run-{}.log)" >&2'
+fi
 .venv/bin/liver-node evaluate "$out/results" --truth "$out/truth" | tee "$out/report.txt"
 .venv/bin/liver-node evaluate "$out/results" --truth "$out/truth" --json > "$out/report.json"

@@ -23,7 +23,8 @@ from pipeline.train.detector_data import ExportOptions, export_dataset
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL_YAMLS = ("yolov8n.yaml", "yolov8s.yaml", "yolov8m.yaml", "yolov8l.yaml", "yolov8x.yaml")
+MODEL_YAMLS = ("yolov8n.yaml", "yolov8s.yaml", "yolov8m.yaml", "yolov8l.yaml", "yolov8x.yaml",
+               "yolov8n-p2.yaml", "yolov8s-p2.yaml")  # -p2: extra stride-4 head for lesions under ~10 px
 
 
 class TrainingError(RuntimeError):
@@ -36,10 +37,10 @@ def _toml_str(s: str) -> str:
 
 def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: int, cases: int, command: str,
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
-                   max_det: int = 100, train_crop: int | None = None) -> None:
+                   max_det: int = 100, train_crop: int | None = None, version: str = "0.1.0-phantom") -> None:
     lines = [
         'name = "liver-lesion-detector"',
-        'version = "0.1.0-phantom"',
+        f"version = {_toml_str(version)}",
         'task = "detection"',
         f"architecture = {_toml_str(arch)}",
         'classes = ["lesion"]',
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--negatives", type=float, default=0.15)
     p.add_argument("--init", type=Path, default=None,
                    help="continue from this checkpoint (absolute path; architecture from --model still recorded)")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="build --model from its yaml, then copy the layers of this checkpoint that match by name and shape")
+    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers (10 = the YOLOv8 backbone)")
     p.add_argument("--warmup-epochs", type=float, default=3.0)
     p.add_argument("--reuse-data", action="store_true", help="reuse <out>/data if data.yaml exists (same seed/cases)")
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
@@ -106,7 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="ultralytics optimizer; 'auto' switches to MuSGD past 10k iterations, "
                         "~5x slower per step on CPU")
     p.add_argument("--lr0", type=float, default=0.002)
+    p.add_argument("--version", default="0.1.0-phantom", help="model version written to the manifest")
     args = p.parse_args(argv)
+    if args.init is not None and args.pretrained is not None:
+        p.error("--init continues a checkpoint, --pretrained seeds a new architecture: give one")
+    for flag, path in (("--init", args.init), ("--pretrained", args.pretrained)):
+        if path is not None and (not path.is_absolute() or not path.is_file()):
+            raise TrainingError(f"{flag} must be an existing absolute path: {path}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     command = "python -m pipeline.train.detector " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
@@ -131,8 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("dataset ready (%.0f s)", time.monotonic() - t0)
     cuda = torch.cuda.is_available()
     if args.init is not None:
-        if not args.init.is_absolute() or not args.init.is_file():
-            raise TrainingError(f"--init must be an existing absolute path: {args.init}")
         model = YOLO(str(args.init))
     else:
         model = YOLO(args.model)  # built from the yaml, no download
@@ -142,8 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         deterministic=True, project=str(out / "runs"), name="detector", exist_ok=True, mosaic=args.mosaic,
         scale=args.scale, hsv_v=args.hsv_v, hsv_s=0.0, hsv_h=0.0,  # grey images: no hue/saturation
         optimizer=args.optimizer, lr0=args.lr0, fliplr=0.5, close_mosaic=0, patience=100, verbose=True,
-        warmup_epochs=args.warmup_epochs,
+        warmup_epochs=args.warmup_epochs, freeze=args.freeze or None,
     )
+    if args.pretrained is not None:
+        train_kw["pretrained"] = str(args.pretrained)
     if args.time:
         train_kw["time"] = args.time
     t1 = time.monotonic()
@@ -164,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arch = Path(args.model).stem
     write_manifest(args.weights_dir / "detector.manifest.toml", weights=dest, arch=arch, imgsz=infer_imgsz,
                    seed=args.seed, cases=args.cases, command=command, ultra_version=ultralytics.__version__,
-                   metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop)
+                   metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
+                   version=args.version)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

@@ -133,15 +133,28 @@ def test_from_manifest_missing_manifest(tmp_path: Path) -> None:
         LesionDetector.from_manifest(tmp_path)
 
 
-def test_untrained_checkpoint_loads_offline_and_detects_in_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["yolov8n.yaml", "yolov8n-p2.yaml"])
+def test_untrained_checkpoint_loads_offline_and_detects_in_batches(tmp_path: Path, arch: str) -> None:
     """The loading and inference path on a real (untrained) ultralytics checkpoint, built from yaml."""
     configure_ultralytics_offline(REPO / ".yolo")
     from ultralytics import YOLO
 
-    YOLO("yolov8n.yaml").save(str(tmp_path / "detector.pt"))
+    YOLO(arch).save(str(tmp_path / "detector.pt"))
     _write_manifest(tmp_path, hashlib.sha256((tmp_path / "detector.pt").read_bytes()).hexdigest())
     det = LesionDetector.from_manifest(tmp_path, device="cpu", batch_size=2)
     slices = np.zeros((3, 512, 512), np.uint8)
     out = det.detect(slices)
     assert len(out) == 3 and all(isinstance(d, list) for d in out)
     assert all(isinstance(x, Detection) for d in out for x in d)
+
+
+def test_trainer_refuses_relative_or_missing_seed_weights_before_any_work(tmp_path: Path) -> None:
+    from pipeline.train.detector import TrainingError, main
+
+    with pytest.raises(TrainingError, match="--pretrained must be an existing absolute path"):
+        main(["--out", str(tmp_path), "--model", "yolov8n-p2.yaml", "--pretrained", "detector.pt"])
+    with pytest.raises(TrainingError, match="--init"):
+        main(["--out", str(tmp_path), "--init", str(tmp_path / "absent.pt")])
+    with pytest.raises(SystemExit):  # argparse: --init and --pretrained together
+        main(["--out", str(tmp_path), "--init", str(tmp_path), "--pretrained", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # no dataset exported
