@@ -74,6 +74,7 @@ class LesionDetector:
         self._manifest = manifest
         self._device = device
         self.batch_size = batch_size
+        self.half = False  # fp16 inference, used on CUDA only (no fp16 kernels worth having on CPU)
 
     @classmethod
     def from_manifest(cls, weights_dir: Path, device: str | None = None, batch_size: int = 16,
@@ -129,7 +130,8 @@ class LesionDetector:
         for start in range(0, arr.shape[0], self.batch_size):
             chunk = [np.repeat(s[..., None], 3, axis=2) for s in arr[start:start + self.batch_size]]  # grey = RGB = BGR
             results = self._model.predict(chunk, imgsz=m.imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det,
-                                          device=self._device, verbose=False)
+                                          device=self._device, half=self.half and self._device.startswith("cuda"),
+                                          verbose=False)
             for r in results:
                 data = r.boxes.data.detach().cpu().numpy() if r.boxes is not None else np.zeros((0, 6))
                 out.append([Detection(float(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4])) for d in data])
