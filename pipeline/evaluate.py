@@ -173,8 +173,8 @@ def _lesion_pairs(results: dict[str, dict], truths: dict[str, CaseTruth]) -> lis
                 for view in les["views"]:
                     for b in view["boxes"]:
                         for tid, tb in truth.boxes.get(b["sop_instance_uid"], []):
-                            if tid == lesion_id and box_iou(b["xyxy"], tb) >= best_iou:
-                                best, best_iou = les, box_iou(b["xyxy"], tb)
+                            if tid == lesion_id and (v := box_iou(b["xyxy"], tb)) >= best_iou:
+                                best, best_iou = les, v
             if best is not None:
                 pairs.append((uid, true_cls, best["class"], best["p_malignant"]))
     return pairs
