@@ -37,7 +37,8 @@ def _toml_str(s: str) -> str:
 
 def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: int, cases: int, command: str,
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
-                   max_det: int = 100, train_crop: int | None = None, version: str = "0.1.0-phantom") -> None:
+                   max_det: int = 100, train_crop: int | None = None, train_upsample: float = 1.0,
+                   version: str = "0.1.0-phantom") -> None:
     lines = [
         'name = "liver-lesion-detector"',
         f"version = {_toml_str(version)}",
@@ -53,7 +54,10 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         "window_center = 40",
         "window_width = 400",
         'channels = "RGB"',
-        *([f"train_crop = {train_crop}  # trained on native-resolution crops of this size"] if train_crop else []),
+        *([f"train_crop = {train_crop}  # trained on native-resolution crops of this size"]
+          if train_crop and train_upsample == 1.0 else []),
+        *([f"train_crop = {train_crop}  # trained on {round(train_crop / train_upsample)}-px native windows "
+           f"upsampled to this size", f"train_upsample = {train_upsample:g}"] if train_crop and train_upsample != 1.0 else []),
         "",
         "[thresholds]",
         "conf = 0.25",
@@ -100,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
     p.add_argument("--crop", type=int, default=None,
                    help="train on native-resolution crops of this size (then --imgsz is the crop size)")
+    p.add_argument("--upsample", type=float, default=1.0,
+                   help="with --crop: cut crop/upsample native px and resize them to crop px (train at a larger scale)")
     p.add_argument("--infer-imgsz", type=int, default=None,
-                   help="inference size written to the manifest (default: 512 with --crop, else --imgsz)")
+                   help="inference size written to the manifest (default: 512 x upsample with --crop, else --imgsz)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--scale", type=float, default=0.5, help="ultralytics scale augmentation (+/- gain)")
     p.add_argument("--hsv-v", type=float, default=0.4, help="ultralytics brightness augmentation")
@@ -114,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.init is not None and args.pretrained is not None:
         p.error("--init continues a checkpoint, --pretrained seeds a new architecture: give one")
+    if args.upsample != 1.0 and not args.crop:
+        p.error("--upsample needs --crop")
     for flag, path in (("--init", args.init), ("--pretrained", args.pretrained)):
         if path is not None and (not path.is_absolute() or not path.is_file()):
             raise TrainingError(f"{flag} must be an existing absolute path: {path}")
@@ -131,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     train_imgsz = args.crop or args.imgsz
     export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=train_imgsz,
-                                negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop)
-    infer_imgsz = args.infer_imgsz or (512 if args.crop else args.imgsz)
+                                negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop,
+                                upsample=args.upsample)
+    infer_imgsz = args.infer_imgsz or (round(512 * args.upsample) if args.crop else args.imgsz)
     if args.reuse_data and (out / "data" / "data.yaml").is_file():
         data_yaml = out / "data" / "data.yaml"
         log.info("reusing %s", data_yaml)
@@ -175,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_manifest(args.weights_dir / "detector.manifest.toml", weights=dest, arch=arch, imgsz=infer_imgsz,
                    seed=args.seed, cases=args.cases, command=command, ultra_version=ultralytics.__version__,
                    metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
-                   version=args.version)
+                   train_upsample=args.upsample, version=args.version)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

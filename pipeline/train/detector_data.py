@@ -12,6 +12,10 @@ Two image modes:
   whole slice at native size (manifest ``imgsz`` = slice size): small lesions keep all their
   pixels while each training image costs only ``N^2``. Boxes cut by the window edge are kept
   (clipped) when at least ``min_visible`` of their area is inside, else dropped.
+- upsampled crops (``crop=N, upsample=f``): an ``N/f`` native window resized (bilinear) to
+  ``N x N``, so the network learns lesions, noise and edges at the scale it will see when the
+  whole slice is run at ``f`` times its size (manifest ``imgsz`` = ``f`` x slice size). Small
+  lesions then cover ``f^2`` times the pixels at the same training cost per image.
 
 Tiny lesions: a box whose area at training scale is below ``min_area_px`` (default 4 px)
 is dropped from the labels; such slices are still exported (they count as lesion slices,
@@ -47,6 +51,16 @@ class ExportOptions:
     slice_thickness_mm: float = 5.0
     crop: int | None = None  # native-resolution crop size; None = resize whole slice to imgsz
     min_visible: float = 0.6  # crop mode: fraction of a cut box that must stay inside
+    upsample: float = 1.0  # crop mode: the window is crop/upsample native px, resized to crop px
+
+    def __post_init__(self) -> None:
+        if self.upsample < 1.0 or (self.upsample != 1.0 and not self.crop):
+            raise ValueError(f"upsample must be >= 1 and needs crop mode, got upsample={self.upsample}, crop={self.crop}")
+
+    @property
+    def window(self) -> int | None:
+        """Native-resolution side of a crop window."""
+        return round(self.crop / self.upsample) if self.crop else None
 
 
 @dataclass(frozen=True)
@@ -134,17 +148,17 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
         for phase in PHASES:
             vol = case.volumes[phase]
             _, height, width = vol.shape
-            scale = 1.0 if opts.crop else opts.imgsz / max(height, width)
+            scale = opts.upsample if opts.crop else opts.imgsz / max(height, width)
             for k in range(vol.shape[0]):
                 boxes = case.boxes[k]
                 if not boxes and rng.random() >= opts.negative_fraction:
                     continue
                 pixels = window_u8(vol[k])
                 if opts.crop:
-                    x0, y0 = crop_window(boxes, width, height, opts.crop, rng)
-                    boxes, cut = boxes_in_window(boxes, x0, y0, opts.crop, opts.min_visible)
+                    x0, y0 = crop_window(boxes, width, height, opts.window, rng)
+                    boxes, cut = boxes_in_window(boxes, x0, y0, opts.window, opts.min_visible)
                     n_dropped += cut
-                    pixels = pixels[y0:y0 + opts.crop, x0:x0 + opts.crop]
+                    pixels = pixels[y0:y0 + opts.window, x0:x0 + opts.window]
                 out_h, out_w = pixels.shape
                 lines, dropped = yolo_lines(boxes, out_w, out_h, scale, opts.min_area_px)
                 n_boxes += len(lines)

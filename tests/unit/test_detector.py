@@ -101,6 +101,39 @@ def test_native_crop_export_keeps_source_resolution(tmp_path: Path) -> None:
     assert n_exact > 0
 
 
+def test_upsampled_crop_export_scales_window_and_labels_together(tmp_path: Path) -> None:
+    opts = ExportOptions(seed=1000, n_cases=2, crop=120, upsample=1.5, negative_fraction=0.2, val_fraction=0.5,
+                         n_slices=12, min_area_px=0.0)
+    assert opts.window == 80
+    summary = export_dataset(tmp_path, opts)
+    assert summary.n_boxes > 0
+    from PIL import Image  # noqa: PLC0415
+
+    for png in (tmp_path / "images").rglob("*.png"):
+        assert Image.open(png).size == (120, 120)
+    cases = {i: render_case(sample_case(1000, i, CaseOptions(phases=(ContrastPhase.AP, ContrastPhase.PVP),
+                                                                 n_slices=12, slice_thickness_mm=5.0)))
+             for i in range(2)}
+    n_exact = 0
+    for label in (tmp_path / "labels").rglob("*.txt"):
+        _, case_tag, _, k = label.stem.split("_")
+        source = cases[int(case_tag[1:])].boxes[int(k)]
+        for line in label.read_text().splitlines():
+            _, cx, cy, w, h = (float(v) * 120 for v in line.split())
+            clipped = min(cx - w / 2, cy - h / 2) < 1e-3 or max(cx + w / 2, cy + h / 2) > 120 - 1e-3
+            # a label is a source box 1.5x larger in pixels (normalised by the 80-px window)
+            scaled = any(abs(w - 1.5 * (b.x2 - b.x1)) < 1e-3 and abs(h - 1.5 * (b.y2 - b.y1)) < 1e-3 for b in source)
+            assert scaled or clipped
+            n_exact += scaled
+    assert n_exact > 0
+
+
+@pytest.mark.parametrize("kw", [dict(upsample=0.5, crop=160), dict(upsample=2.0, crop=None)])
+def test_upsample_needs_crop_mode_and_a_factor_of_at_least_one(kw: dict) -> None:
+    with pytest.raises(ValueError, match="upsample"):
+        ExportOptions(**kw)
+
+
 def test_offline_configuration_installs_font_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL"):
         monkeypatch.delenv(var, raising=False)
@@ -167,4 +200,6 @@ def test_trainer_refuses_relative_or_missing_seed_weights_before_any_work(tmp_pa
         main(["--out", str(tmp_path), "--init", str(tmp_path / "absent.pt")])
     with pytest.raises(SystemExit):  # argparse: --init and --pretrained together
         main(["--out", str(tmp_path), "--init", str(tmp_path), "--pretrained", str(tmp_path)])
+    with pytest.raises(SystemExit):  # argparse: --upsample only rescales crops
+        main(["--out", str(tmp_path), "--upsample", "1.5"])
     assert not any(tmp_path.iterdir())  # no dataset exported
