@@ -118,6 +118,10 @@ class LesionDetector:
     def device(self) -> str:
         return self._device
 
+    def _precision(self) -> int | None:
+        # ultralytics 8.4 replaced `half=` with `quantize=` (half= still works but warns on every call)
+        return 16 if self.half and self._device.startswith("cuda") else None
+
     def detect(self, slices_u8: np.ndarray) -> list[list[Detection]]:
         """Detect lesions on windowed uint8 slices [N, H, W] (or one [H, W] slice as N=1)."""
         arr = np.asarray(slices_u8)
@@ -130,8 +134,7 @@ class LesionDetector:
         for start in range(0, arr.shape[0], self.batch_size):
             chunk = [np.repeat(s[..., None], 3, axis=2) for s in arr[start:start + self.batch_size]]  # grey = RGB = BGR
             results = self._model.predict(chunk, imgsz=m.imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det,
-                                          device=self._device, half=self.half and self._device.startswith("cuda"),
-                                          verbose=False)
+                                          device=self._device, quantize=self._precision(), verbose=False)
             for r in results:
                 data = r.boxes.data.detach().cpu().numpy() if r.boxes is not None else np.zeros((0, 6))
                 out.append([Detection(float(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4])) for d in data])

@@ -182,13 +182,13 @@ def test_untrained_checkpoint_loads_offline_and_detects_in_batches(tmp_path: Pat
 
     seen = []  # the fp16 switch reaches ultralytics on CUDA only
     predict = det._model.predict
-    det._model.predict = lambda *a, **kw: seen.append(kw["half"]) or predict(*a, **kw)
+    det._model.predict = lambda *a, **kw: seen.append(kw["quantize"]) or predict(*a, **kw)
     det.half = True
     det.detect(slices[:1])
     det._device = "cuda:0"  # no GPU here: record the call without running it
-    det._model.predict = lambda *a, **kw: seen.append(kw["half"]) or []
+    det._model.predict = lambda *a, **kw: seen.append(kw["quantize"]) or []
     det.detect(slices[:1])
-    assert seen == [False, True]
+    assert seen == [None, 16]
 
 
 def test_trainer_refuses_relative_or_missing_seed_weights_before_any_work(tmp_path: Path) -> None:
