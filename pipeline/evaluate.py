@@ -29,18 +29,20 @@ class CaseTruth:
     boxes: dict[str, list[tuple[int, tuple[float, float, float, float]]]]  # sop -> [(lesion_id, box)]
     lesion_classes: dict[int, str]
     lesion_diameters_mm: dict[int, float] = field(default_factory=dict)  # largest in-plane diameter
+    lesion_contrast_hu: dict[int, float] = field(default_factory=dict)  # largest |lesion - liver| over AP/PVP
 
 
 SIZE_BINS_MM = ((0.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, float("inf")))
+CONTRAST_BINS_HU = ((0.0, 20.0), (20.0, 40.0), (40.0, float("inf")))
 
 
-def _size_bin(d: float) -> int:
-    return next(i for i, (lo, hi) in enumerate(SIZE_BINS_MM) if lo <= d < hi)
+def _bin(value: float, bins: tuple[tuple[float, float], ...]) -> int:
+    return next(i for i, (lo, hi) in enumerate(bins) if lo <= value < hi)
 
 
-def _size_label(i: int) -> str:
-    lo, hi = SIZE_BINS_MM[i]
-    return f">={lo:g} mm" if hi == float("inf") else f"{lo:g}-{hi:g} mm"
+def _bin_label(i: int, bins: tuple[tuple[float, float], ...], unit: str) -> str:
+    lo, hi = bins[i]
+    return f">={lo:g} {unit}" if hi == float("inf") else f"{lo:g}-{hi:g} {unit}"
 
 
 def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
@@ -50,6 +52,8 @@ def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
         classes = {les["lesion_id"]: les["class"] for les in d["lesions"]}
         diameters = {les["lesion_id"]: float(max(les["diameters_mm"][:2])) for les in d["lesions"]
                      if "diameters_mm" in les}
+        contrasts = {les["lesion_id"]: max(abs(float(v)) for k, v in les["contrast_hu"].items() if k in ("AP", "PVP"))
+                     for les in d["lesions"] if any(k in ("AP", "PVP") for k in les.get("contrast_hu", {}))}
         boxes: dict[str, list] = {}
         for entries in d["boxes"].values():
             for e in entries:
@@ -58,7 +62,7 @@ def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
                         (e["lesion_id"], (e["x1"], e["y1"], e["x2"], e["y2"])))
         kinds = set(classes.values())
         truths[d["study_instance_uid"]] = CaseTruth(d["study_instance_uid"], kinds.pop() if len(kinds) == 1 else None,
-                                                    not classes, boxes, classes, diameters)
+                                                    not classes, boxes, classes, diameters, contrasts)
     return truths
 
 
@@ -115,6 +119,7 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
         found_lesions = total_lesions = 0
         pred_lesions = true_pred_lesions = 0
         by_size: dict[int, list[int]] = {}  # size bin -> [found, total]
+        by_size_contrast: dict[tuple[int, int], list[int]] = {}  # (size bin, contrast bin) -> [found, total]
         for uid, truth in truths.items():
             res = results.get(uid)
             pred: dict[str, list] = {}
@@ -143,9 +148,13 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
             total_lesions += len(truth.lesion_classes)
             found_lesions += len(found)
             for lesion_id, diameter in truth.lesion_diameters_mm.items():
-                tally = by_size.setdefault(_size_bin(diameter), [0, 0])
-                tally[0] += lesion_id in found
-                tally[1] += 1
+                tallies = [by_size.setdefault(_bin(diameter, SIZE_BINS_MM), [0, 0])]
+                if lesion_id in truth.lesion_contrast_hu:
+                    key = (_bin(diameter, SIZE_BINS_MM), _bin(truth.lesion_contrast_hu[lesion_id], CONTRAST_BINS_HU))
+                    tallies.append(by_size_contrast.setdefault(key, [0, 0]))
+                for tally in tallies:
+                    tally[0] += lesion_id in found
+                    tally[1] += 1
         precision = tp / (tp + fp) if tp + fp else float("nan")
         recall = tp / (tp + fn) if tp + fn else float("nan")
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else float("nan")
@@ -155,8 +164,14 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
                              "lesion_precision": true_pred_lesions / pred_lesions if pred_lesions else float("nan"),
                              "false_lesions_per_case": (pred_lesions - true_pred_lesions) / max(len(truths), 1),
                              # found / total true lesions by largest in-plane diameter (phantom truth only)
-                             "lesion_recall_by_size": {_size_label(i): f"{by_size[i][0]}/{by_size[i][1]}"
-                                                       for i in sorted(by_size)}}
+                             "lesion_recall_by_size": {_bin_label(i, SIZE_BINS_MM, "mm"): f"{by_size[i][0]}/{by_size[i][1]}"
+                                                       for i in sorted(by_size)},
+                             # separates "too small" from "too faint" (phantom truth records each lesion's contrast)
+                             "lesion_recall_by_size_and_contrast": {
+                                 _bin_label(i, SIZE_BINS_MM, "mm"): {
+                                     _bin_label(j, CONTRAST_BINS_HU, "HU"): f"{n[0]}/{n[1]}"
+                                     for (i2, j), n in sorted(by_size_contrast.items()) if i2 == i}
+                                 for i in sorted({i for i, _ in by_size_contrast})}}
     return out
 
 
@@ -275,6 +290,10 @@ def format_report(report: dict) -> str:
             if v.get("lesion_recall_by_size"):
                 lines.append(f"  lesion recall by size {k}: " + ", ".join(f"{b} {r}" for b, r in
                                                                         v["lesion_recall_by_size"].items()))
+            if k == f"iou_{IOUS[0]}" and v.get("lesion_recall_by_size_and_contrast"):
+                lines.append(f"  lesion recall by size and |contrast| {k}: " + "; ".join(
+                    f"{b} [" + ", ".join(f"{c} {r}" for c, r in row.items()) + "]"
+                    for b, row in v["lesion_recall_by_size_and_contrast"].items()))
     for level in ("lesion_classification", "case_classification"):
         m = report[level]
         if not m:

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.analyzer import Analyzer, AnalyzerOptions, SeriesInput
 from pipeline.batch import run_folder, scan_studies, study_inputs
-from pipeline.evaluate import evaluate, lesion_conf_sweep, load_phantom_truth
+from pipeline.evaluate import evaluate, format_report, lesion_conf_sweep, load_phantom_truth
 from pipeline.hierarchy import HierarchyLogits
 from pipeline.phases import PhaseRules
 from pipeline.phantom import CaseOptions, ContrastPhase, LesionClass, WriteOptions, make_study
@@ -141,8 +141,15 @@ def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
         assert metrics["lesion_recall"] == 1.0 and metrics["lesion_precision"] == 1.0
         assert metrics["false_lesions_per_case"] == 0.0
         assert list(metrics["lesion_recall_by_size"].values()) == ["1/1"]  # one lesion, found, in its size bin
+    (truth_lesion,) = json.loads(next(out.rglob("labels.json")).read_text())["lesions"]
+    contrast = max(abs(truth_lesion["contrast_hu"][p]) for p in ("AP", "PVP"))
+    contrast_bin = "0-20 HU" if contrast < 20 else "20-40 HU" if contrast < 40 else ">=40 HU"
+    (row,) = report["detection"]["iou_0.1"]["lesion_recall_by_size_and_contrast"].values()
+    assert row == {contrast_bin: "1/1"}
+    assert f"{contrast_bin} 1/1" in format_report(report)
     assert report["lesion_classification"]["six_class"]["accuracy"]["value"] == 1.0
     # Sweeping the lesion threshold afterwards: the oracle's boxes are all at 0.9.
     sweep = lesion_conf_sweep(tmp_path / "results", load_phantom_truth(out), [0.5, 0.95])
     assert sweep[0.5]["lesion_recall"] == 1.0 and sweep[0.5]["lesion_precision"] == 1.0
     assert sweep[0.95]["lesion_recall"] == 0.0
+    assert list(next(iter(sweep[0.95]["lesion_recall_by_size_and_contrast"].values())).values()) == ["0/1"]
