@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="train on native-resolution crops of this size (then --imgsz is the crop size)")
     p.add_argument("--upsample", type=float, default=1.0,
                    help="with --crop: cut crop/upsample native px and resize them to crop px (train at a larger scale)")
+    p.add_argument("--small-repeats", type=int, default=0,
+                   help="with --crop: extra training crops per slice placed on a lesion box under 16 px")
     p.add_argument("--infer-imgsz", type=int, default=None,
                    help="inference size written to the manifest (default: 512 x upsample with --crop, else --imgsz)")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -120,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.init is not None and args.pretrained is not None:
         p.error("--init continues a checkpoint, --pretrained seeds a new architecture: give one")
-    if args.upsample != 1.0 and not args.crop:
-        p.error("--upsample needs --crop")
+    if (args.upsample != 1.0 or args.small_repeats) and not args.crop:
+        p.error("--upsample and --small-repeats need --crop")
     for flag, path in (("--init", args.init), ("--pretrained", args.pretrained)):
         if path is not None and (not path.is_absolute() or not path.is_file()):
             raise TrainingError(f"{flag} must be an existing absolute path: {path}")
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_imgsz = args.crop or args.imgsz
     export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=train_imgsz,
                                 negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop,
-                                upsample=args.upsample)
+                                upsample=args.upsample, small_repeats=args.small_repeats)
     infer_imgsz = args.infer_imgsz or (round(512 * args.upsample) if args.crop else args.imgsz)
     if args.reuse_data and (out / "data" / "data.yaml").is_file():
         data_yaml = out / "data" / "data.yaml"

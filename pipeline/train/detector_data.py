@@ -17,6 +17,10 @@ Two image modes:
   whole slice is run at ``f`` times its size (manifest ``imgsz`` = ``f`` x slice size). Small
   lesions then cover ``f^2`` times the pixels at the same training cost per image.
 
+Small lesions (``small_repeats=R``, crop mode, training split only): a slice holding a box whose
+long side is under ``small_box_px`` is exported ``R`` more times, each window placed on one of
+those small boxes (stems end ``r1``..``rR``); validation keeps one crop per slice.
+
 Tiny lesions: a box whose area at training scale is below ``min_area_px`` (default 4 px)
 is dropped from the labels; such slices are still exported (they count as lesion slices,
 not negatives).
@@ -52,6 +56,8 @@ class ExportOptions:
     crop: int | None = None  # native-resolution crop size; None = resize whole slice to imgsz
     min_visible: float = 0.6  # crop mode: fraction of a cut box that must stay inside
     upsample: float = 1.0  # crop mode: the window is crop/upsample native px, resized to crop px
+    small_repeats: int = 0  # crop mode, train split: extra crops per slice placed on a box smaller than small_box_px
+    small_box_px: float = 16.0  # long side in native px (about 11 mm at 0.71 mm/px)
 
     def __post_init__(self) -> None:
         if self.upsample < 1.0 or (self.upsample != 1.0 and not self.crop):
@@ -153,23 +159,28 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
                 boxes = case.boxes[k]
                 if not boxes and rng.random() >= opts.negative_fraction:
                     continue
-                pixels = window_u8(vol[k])
-                if opts.crop:
-                    x0, y0 = crop_window(boxes, width, height, opts.window, rng)
-                    boxes, cut = boxes_in_window(boxes, x0, y0, opts.window, opts.min_visible)
-                    n_dropped += cut
-                    pixels = pixels[y0:y0 + opts.window, x0:x0 + opts.window]
-                out_h, out_w = pixels.shape
-                lines, dropped = yolo_lines(boxes, out_w, out_h, scale, opts.min_area_px)
-                n_boxes += len(lines)
-                n_dropped += dropped
-                stem = f"s{opts.seed}_c{index:04d}_{phase.value}_{k:03d}"
-                img = Image.fromarray(to_rgb(pixels))
-                if scale != 1.0:
-                    img = img.resize((round(out_w * scale), round(out_h * scale)), Image.BILINEAR)
-                img.save(root / "images" / split / f"{stem}.png", compress_level=1)
-                (root / "labels" / split / f"{stem}.txt").write_text("".join(x + "\n" for x in lines))
-                counts[split] += 1
+                slice_u8 = window_u8(vol[k])
+                small = [b for b in boxes if max(b.x2 - b.x1, b.y2 - b.y1) < opts.small_box_px]
+                repeats = opts.small_repeats if opts.crop and small and split == "train" else 0
+                for rep in range(1 + repeats):
+                    pixels, kept = slice_u8, boxes
+                    if opts.crop:
+                        # repeats place the window on a small lesion: more looks at the lesions most often missed
+                        x0, y0 = crop_window(small if rep else boxes, width, height, opts.window, rng)
+                        kept, cut = boxes_in_window(boxes, x0, y0, opts.window, opts.min_visible)
+                        n_dropped += cut
+                        pixels = slice_u8[y0:y0 + opts.window, x0:x0 + opts.window]
+                    out_h, out_w = pixels.shape
+                    lines, dropped = yolo_lines(kept, out_w, out_h, scale, opts.min_area_px)
+                    n_boxes += len(lines)
+                    n_dropped += dropped
+                    stem = f"s{opts.seed}_c{index:04d}_{phase.value}_{k:03d}" + (f"r{rep}" if rep else "")
+                    img = Image.fromarray(to_rgb(pixels))
+                    if scale != 1.0:
+                        img = img.resize((round(out_w * scale), round(out_h * scale)), Image.BILINEAR)
+                    img.save(root / "images" / split / f"{stem}.png", compress_level=1)
+                    (root / "labels" / split / f"{stem}.txt").write_text("".join(x + "\n" for x in lines))
+                    counts[split] += 1
         log.info("case %d/%d exported (%s)", index + 1, opts.n_cases, split)
     data_yaml = root / "data.yaml"
     data_yaml.write_text(f"path: {root}\ntrain: {root / 'images' / 'train'}\nval: {root / 'images' / 'val'}\n"

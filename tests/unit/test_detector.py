@@ -128,6 +128,18 @@ def test_upsampled_crop_export_scales_window_and_labels_together(tmp_path: Path)
     assert n_exact > 0
 
 
+def test_small_lesion_repeats_add_training_crops_that_hold_a_small_box(tmp_path: Path) -> None:
+    base = dict(seed=1000, n_cases=2, crop=160, negative_fraction=0.0, val_fraction=0.5, n_slices=12, min_area_px=0.0)
+    plain = export_dataset(tmp_path / "plain", ExportOptions(**base))
+    boosted = export_dataset(tmp_path / "boosted", ExportOptions(**base, small_repeats=2, small_box_px=24.0))
+    repeats = sorted((tmp_path / "boosted" / "labels" / "train").glob("*r[12].txt"))
+    assert repeats and boosted.n_train == plain.n_train + len(repeats)
+    assert boosted.n_val == plain.n_val  # validation keeps one crop per slice
+    for label in repeats:  # each repeat window holds a box under 24 px (unless cut by the edge)
+        sizes = [max(float(w), float(h)) * 160 for _, _, _, w, h in (ln.split() for ln in label.read_text().splitlines())]
+        assert any(s < 24.0 for s in sizes), (label.name, sizes)
+
+
 @pytest.mark.parametrize("kw", [dict(upsample=0.5, crop=160), dict(upsample=2.0, crop=None)])
 def test_upsample_needs_crop_mode_and_a_factor_of_at_least_one(kw: dict) -> None:
     with pytest.raises(ValueError, match="upsample"):
@@ -200,6 +212,7 @@ def test_trainer_refuses_relative_or_missing_seed_weights_before_any_work(tmp_pa
         main(["--out", str(tmp_path), "--init", str(tmp_path / "absent.pt")])
     with pytest.raises(SystemExit):  # argparse: --init and --pretrained together
         main(["--out", str(tmp_path), "--init", str(tmp_path), "--pretrained", str(tmp_path)])
-    with pytest.raises(SystemExit):  # argparse: --upsample only rescales crops
-        main(["--out", str(tmp_path), "--upsample", "1.5"])
+    for flag in (["--upsample", "1.5"], ["--small-repeats", "2"]):  # argparse: both act on crops only
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), *flag])
     assert not any(tmp_path.iterdir())  # no dataset exported
