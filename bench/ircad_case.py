@@ -24,7 +24,7 @@ import pydicom  # noqa: E402
 
 from pipeline.analyzer import Analyzer  # noqa: E402
 from pipeline.batch import scan_studies, study_inputs  # noqa: E402
-from pipeline.evaluate import _iou  # noqa: E402
+from pipeline.lesions import box_iou  # noqa: E402
 from pipeline.phases import PhaseRules  # noqa: E402
 
 CASE = REPO.parent / "shared" / "realdata" / "3dircadb1.1"
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in view["boxes"]:
                 n = sop_to_slice.get(b["sop_instance_uid"])
                 for mask, boxes in truth.items():
-                    if n in boxes and _iou(b["xyxy"], boxes[n]) >= args.iou:
+                    if n in boxes and box_iou(b["xyxy"], boxes[n]) >= args.iou:
                         hits.add(mask)
         for mask in hits:
             found.setdefault(mask, les["class"])
