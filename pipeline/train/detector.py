@@ -38,7 +38,15 @@ def _toml_str(s: str) -> str:
 def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: int, cases: int, command: str,
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
                    max_det: int = 100, train_crop: int | None = None, train_upsample: float = 1.0,
-                   version: str = "0.1.0-phantom") -> None:
+                   train_small_repeats: int = 0, version: str = "0.1.0-phantom") -> None:
+    crop_lines = []
+    if train_crop:
+        window = ("native-resolution crops of this size" if train_upsample == 1.0
+                  else f"{round(train_crop / train_upsample)}-px native windows upsampled to this size")
+        crop_lines = [f"train_crop = {train_crop}  # trained on {window}",
+                      *([f"train_upsample = {train_upsample:g}"] if train_upsample != 1.0 else []),
+                      *([f"train_small_repeats = {train_small_repeats}  # extra crops per slice placed on a "
+                         "lesion box under 16 px"] if train_small_repeats else [])]
     lines = [
         'name = "liver-lesion-detector"',
         f"version = {_toml_str(version)}",
@@ -54,10 +62,7 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         "window_center = 40",
         "window_width = 400",
         'channels = "RGB"',
-        *([f"train_crop = {train_crop}  # trained on native-resolution crops of this size"]
-          if train_crop and train_upsample == 1.0 else []),
-        *([f"train_crop = {train_crop}  # trained on {round(train_crop / train_upsample)}-px native windows "
-           f"upsampled to this size", f"train_upsample = {train_upsample:g}"] if train_crop and train_upsample != 1.0 else []),
+        *crop_lines,
         "",
         "[thresholds]",
         "conf = 0.25",
@@ -186,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_manifest(args.weights_dir / "detector.manifest.toml", weights=dest, arch=arch, imgsz=infer_imgsz,
                    seed=args.seed, cases=args.cases, command=command, ultra_version=ultralytics.__version__,
                    metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
-                   train_upsample=args.upsample, version=args.version)
+                   train_upsample=args.upsample, train_small_repeats=args.small_repeats, version=args.version)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

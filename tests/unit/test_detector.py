@@ -76,15 +76,18 @@ def test_boxes_in_window_shift_clip_and_drop_mostly_cut_boxes() -> None:
     assert dropped == 1  # the sliver (1/6 inside); wholly outside boxes are neither kept nor counted
 
 
-def test_native_crop_export_keeps_source_resolution(tmp_path: Path) -> None:
-    opts = ExportOptions(seed=1000, n_cases=2, crop=160, negative_fraction=0.2, val_fraction=0.5,
+@pytest.mark.parametrize(("crop", "upsample", "window"), [(160, 1.0, 160), (120, 1.5, 80)], ids=["native", "upsampled"])
+def test_crop_export_labels_are_source_boxes_scaled_by_the_upsample_factor(tmp_path: Path, crop: int, upsample: float,
+                                                                          window: int) -> None:
+    opts = ExportOptions(seed=1000, n_cases=2, crop=crop, upsample=upsample, negative_fraction=0.2, val_fraction=0.5,
                          n_slices=12, min_area_px=0.0)
+    assert opts.window == window  # the native window that is resized to crop px
     summary = export_dataset(tmp_path, opts)
     assert summary.n_boxes > 0
     from PIL import Image  # noqa: PLC0415
 
     for png in (tmp_path / "images").rglob("*.png"):
-        assert Image.open(png).size == (160, 160)
+        assert Image.open(png).size == (crop, crop)
     cases = {i: render_case(sample_case(1000, i, CaseOptions(phases=(ContrastPhase.AP, ContrastPhase.PVP),
                                                                  n_slices=12, slice_thickness_mm=5.0)))
              for i in range(2)}
@@ -93,37 +96,11 @@ def test_native_crop_export_keeps_source_resolution(tmp_path: Path) -> None:
         _, case_tag, _, k = label.stem.split("_")
         source = cases[int(case_tag[1:])].boxes[int(k)]
         for line in label.read_text().splitlines():
-            _, cx, cy, w, h = (float(v) * 160 for v in line.split())
-            clipped = min(cx - w / 2, cy - h / 2) < 1e-3 or max(cx + w / 2, cy + h / 2) > 160 - 1e-3
-            same_size = any(abs(w - (b.x2 - b.x1)) < 1e-3 and abs(h - (b.y2 - b.y1)) < 1e-3 for b in source)
-            assert same_size or clipped  # never rescaled: a label is a source box, possibly cut by the edge
-            n_exact += same_size
-    assert n_exact > 0
-
-
-def test_upsampled_crop_export_scales_window_and_labels_together(tmp_path: Path) -> None:
-    opts = ExportOptions(seed=1000, n_cases=2, crop=120, upsample=1.5, negative_fraction=0.2, val_fraction=0.5,
-                         n_slices=12, min_area_px=0.0)
-    assert opts.window == 80
-    summary = export_dataset(tmp_path, opts)
-    assert summary.n_boxes > 0
-    from PIL import Image  # noqa: PLC0415
-
-    for png in (tmp_path / "images").rglob("*.png"):
-        assert Image.open(png).size == (120, 120)
-    cases = {i: render_case(sample_case(1000, i, CaseOptions(phases=(ContrastPhase.AP, ContrastPhase.PVP),
-                                                                 n_slices=12, slice_thickness_mm=5.0)))
-             for i in range(2)}
-    n_exact = 0
-    for label in (tmp_path / "labels").rglob("*.txt"):
-        _, case_tag, _, k = label.stem.split("_")
-        source = cases[int(case_tag[1:])].boxes[int(k)]
-        for line in label.read_text().splitlines():
-            _, cx, cy, w, h = (float(v) * 120 for v in line.split())
-            clipped = min(cx - w / 2, cy - h / 2) < 1e-3 or max(cx + w / 2, cy + h / 2) > 120 - 1e-3
-            # a label is a source box 1.5x larger in pixels (normalised by the 80-px window)
-            scaled = any(abs(w - 1.5 * (b.x2 - b.x1)) < 1e-3 and abs(h - 1.5 * (b.y2 - b.y1)) < 1e-3 for b in source)
-            assert scaled or clipped
+            _, cx, cy, w, h = (float(v) * crop for v in line.split())
+            clipped = min(cx - w / 2, cy - h / 2) < 1e-3 or max(cx + w / 2, cy + h / 2) > crop - 1e-3
+            scaled = any(abs(w - upsample * (b.x2 - b.x1)) < 1e-3 and abs(h - upsample * (b.y2 - b.y1)) < 1e-3
+                         for b in source)
+            assert scaled or clipped  # a label is a source box times the factor, possibly cut by the edge
             n_exact += scaled
     assert n_exact > 0
 
@@ -216,3 +193,22 @@ def test_trainer_refuses_relative_or_missing_seed_weights_before_any_work(tmp_pa
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), *flag])
     assert not any(tmp_path.iterdir())  # no dataset exported
+
+
+@pytest.mark.parametrize(("upsample", "repeats", "expected"), [
+    (1.0, 0, {"train_crop": 320}),
+    (1.5, 2, {"train_crop": 320, "train_upsample": 1.5, "train_small_repeats": 2}),
+])
+def test_trainer_manifest_records_how_training_crops_were_made(tmp_path: Path, upsample: float, repeats: int,
+                                                               expected: dict) -> None:
+    import tomllib  # noqa: PLC0415
+
+    from pipeline.train.detector import write_manifest  # noqa: PLC0415
+
+    (tmp_path / "detector.pt").write_bytes(b"weights")
+    write_manifest(tmp_path / "m.toml", weights=tmp_path / "detector.pt", arch="yolov8n", imgsz=768, seed=1, cases=2,
+                   command="x", ultra_version="8", metrics={}, epochs_run=1, wall_s=1.0, train_crop=320,
+                   train_upsample=upsample, train_small_repeats=repeats)
+    data = tomllib.loads((tmp_path / "m.toml").read_text())
+    assert {k: v for k, v in data["input"].items() if k.startswith("train_")} == expected
+    assert data["input"]["imgsz"] == 768 and data["sha256"] == hashlib.sha256(b"weights").hexdigest()
