@@ -62,6 +62,8 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.upsample < 1.0 or (self.upsample != 1.0 and not self.crop):
             raise ValueError(f"upsample must be >= 1 and needs crop mode, got upsample={self.upsample}, crop={self.crop}")
+        if self.small_repeats and not self.crop:
+            raise ValueError(f"small_repeats needs crop mode, got small_repeats={self.small_repeats}, crop={self.crop}")
 
     @property
     def window(self) -> int | None:
@@ -161,7 +163,7 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
                     continue
                 slice_u8 = window_u8(vol[k])
                 small = [b for b in boxes if max(b.x2 - b.x1, b.y2 - b.y1) < opts.small_box_px]
-                repeats = opts.small_repeats if opts.crop and small and split == "train" else 0
+                repeats = opts.small_repeats if small and split == "train" else 0
                 for rep in range(1 + repeats):
                     pixels, kept = slice_u8, boxes
                     if opts.crop:

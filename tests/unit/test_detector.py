@@ -117,9 +117,11 @@ def test_small_lesion_repeats_add_training_crops_that_hold_a_small_box(tmp_path:
         assert any(s < 24.0 for s in sizes), (label.name, sizes)
 
 
-@pytest.mark.parametrize("kw", [dict(upsample=0.5, crop=160), dict(upsample=2.0, crop=None)])
-def test_upsample_needs_crop_mode_and_a_factor_of_at_least_one(kw: dict) -> None:
-    with pytest.raises(ValueError, match="upsample"):
+@pytest.mark.parametrize(("kw", "named"), [(dict(upsample=0.5, crop=160), "upsample"),
+                                           (dict(upsample=2.0, crop=None), "upsample"),
+                                           (dict(small_repeats=2, crop=None), "small_repeats")])
+def test_upsample_and_small_repeats_need_crop_mode(kw: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
         ExportOptions(**kw)
 
 
