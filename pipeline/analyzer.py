@@ -14,9 +14,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .classify.preprocess import crop_around_box
 from .hierarchy import HierarchyLogits, decide
 from .imaging import window_u8
+from .lesion_crops import PhaseImages, lesion_crops
 from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
 from .result import LesionResult, ModelInfo, SeriesUse, StudyResult
 from .series import LoadedSeries, SeriesError, load_series
@@ -39,6 +39,8 @@ class Detector(Protocol):
 
 
 class Classifier(Protocol):
+    input_mode: str  # "grey" crops [M,H,W], or "phase-pair" (AP, PVP) crops [M,2,H,W]
+
     def logits(self, crops_u8: np.ndarray) -> HierarchyLogits: ...
 
 
@@ -141,17 +143,12 @@ class Analyzer:
         result.timings_s["lesions"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        crops, owners = [], []
-        for lesion in lesions:
-            for view in lesion.views:
-                image_stack = windowed[view.series_uid]
-                big = sorted(view.boxes, key=lambda b: -b.area)[: self.options.max_crops_per_view]
-                for b in big:
-                    if max(b.width, b.height) < self.options.min_crop_px:
-                        continue
-                    crops.append(crop_around_box(image_stack[b.slice_index], (b.x1, b.y1, b.x2, b.y2)))
-                    owners.append(lesion.index)
-        logits = self.classifier.logits(np.stack(crops)) if crops else None
+        images = {s.series_uid: PhaseImages(ls, s.phase if s.phase in PRIMARY_PHASES else "UNKNOWN",
+                                            windowed[s.series_uid]) for s, ls in loaded}
+        paired = getattr(self.classifier, "input_mode", "grey") == "phase-pair"
+        crops, owners = lesion_crops(lesions, images, paired=paired, max_per_view=self.options.max_crops_per_view,
+                                     min_px=self.options.min_crop_px)
+        logits = self.classifier.logits(crops) if crops is not None else None
         result.timings_s["classify"] = time.perf_counter() - t
 
         t = time.perf_counter()

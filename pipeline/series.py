@@ -59,6 +59,18 @@ class Geometry:
         return (origin + column * self.pixel_spacing[1] * self.row_direction
                 + row * self.pixel_spacing[0] * self.column_direction)
 
+    def to_index(self, point_mm) -> tuple[int, float, float] | None:
+        """(nearest slice, row, column) of a patient point, or None when it lies more than one slice
+        spacing beyond the volume. Row and column are pixel-centre indices (fractional)."""
+        positions = self.positions
+        along = float(np.dot(point_mm, self.normal))
+        i = int(np.argmin(np.abs(positions - along)))
+        if abs(positions[i] - along) > max(abs(self.slice_spacing), 1e-3):
+            return None
+        d = np.asarray(point_mm, dtype=np.float64) - self.origins[i]
+        return (i, float(d @ self.column_direction) / self.pixel_spacing[0],
+                float(d @ self.row_direction) / self.pixel_spacing[1])
+
 
 @dataclass(frozen=True)
 class LoadedSeries:

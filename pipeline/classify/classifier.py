@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.classify.checkpoints import LoadedClassifier, ModelLoadError, load_lilnet_checkpoint
-from pipeline.classify.preprocess import to_classifier_input
+from pipeline.classify.preprocess import classifier_input
 from pipeline.hierarchy import HierarchyLogits  # the one type the analyzer aggregates
 
 TASK_KEYS = ("bm", "benign", "malignant")
@@ -29,14 +29,19 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
 PUBLISHED_ALIASES = {"bm": ("bm", "BM", "Time_BM"), "benign": ("benign", "B", "Time_B"),
                      "malignant": ("malignant", "M", "Time_M")}
 MANIFEST_NAME = "classifiers.manifest.toml"
+GREY, PHASE_PAIR = "grey", "phase-pair"  # manifest [task.input] mode; published LiLNet weights are grey
+INPUT_MODES = (GREY, PHASE_PAIR)
 
 
 class LesionClassifier:
     def __init__(self, models: Mapping[str, LoadedClassifier], names: Mapping[str, str],
-                 versions: Mapping[str, str], device: str | None = None) -> None:
+                 versions: Mapping[str, str], device: str | None = None, input_mode: str = GREY) -> None:
         missing = [k for k in TASK_KEYS if k not in models]
         if missing:
             raise ModelLoadError(f"classifier models missing: {', '.join(missing)}")
+        if input_mode not in INPUT_MODES:
+            raise ModelLoadError(f"classifier input mode {input_mode!r}; expected one of {INPUT_MODES}")
+        self.input_mode = input_mode
         for key in TASK_KEYS:
             want = len(TASK_CLASSES[key])
             if models[key].n_classes != want:
@@ -55,11 +60,12 @@ class LesionClassifier:
             manifest = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ModelLoadError(f"cannot read {manifest_path}: {exc}") from exc
-        models, names, versions = {}, {}, {}
+        models, names, versions, modes = {}, {}, {}, set()
         for key in TASK_KEYS:
             entry = manifest.get(key)
             if not isinstance(entry, dict) or not all(k in entry for k in ("file", "sha256")):
                 raise ModelLoadError(f"{manifest_path.name}: table [{key}] with file and sha256 is required")
+            modes.add(str(entry.get("input", {}).get("mode", GREY)))
             classes = tuple(entry.get("classes", TASK_CLASSES[key]))
             if classes != TASK_CLASSES[key]:
                 raise ModelLoadError(f"{manifest_path.name}: [{key}] classes {classes} != {TASK_CLASSES[key]}")
@@ -67,7 +73,9 @@ class LesionClassifier:
             models[key] = load_lilnet_checkpoint(weights_dir / entry["file"], entry["sha256"], depth=depth)
             names[key] = str(entry.get("name", key))
             versions[key] = str(entry.get("version", "unknown"))
-        return cls(models, names, versions, device)
+        if len(modes) != 1:  # the analyzer cuts one kind of input for all three models
+            raise ModelLoadError(f"{manifest_path.name}: the three models must share one input mode, got {sorted(modes)}")
+        return cls(models, names, versions, device, input_mode=modes.pop())
 
     @classmethod
     def from_published(cls, paths: Mapping[str, str | Path], sha256s: Mapping[str, str],
@@ -100,15 +108,18 @@ class LesionClassifier:
 
     @torch.no_grad()
     def logits(self, crops_u8: np.ndarray, batch_size: int = 32) -> HierarchyLogits:
-        """AG logits of uint8 grey crops [M,224,224] (or [M,H,W], resized) from all three models."""
+        """AG logits from all three models of uint8 grey crops [M,224,224] (or [M,H,W], resized), or, for a
+        phase-pair model, of (AP, PVP) pairs [M,2,H,W] (a grey crop is then taken as its phase twice)."""
         crops = np.asarray(crops_u8)
-        if crops.ndim != 3 or crops.dtype != np.uint8:
-            raise ValueError(f"crops must be uint8 [M,H,W], got {crops.dtype} {crops.shape}")
+        pairs = self.input_mode == PHASE_PAIR and crops.ndim == 4 and crops.shape[1] == 2
+        if crops.dtype != np.uint8 or not (crops.ndim == 3 or pairs):
+            want = "[M,H,W] or [M,2,H,W]" if self.input_mode == PHASE_PAIR else "[M,H,W]"
+            raise ValueError(f"crops must be uint8 {want}, got {crops.dtype} {crops.shape}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         out: dict[str, list[np.ndarray]] = {k: [] for k in TASK_KEYS}
         for i in range(0, len(crops), batch_size):
-            inputs = to_classifier_input(crops[i:i + batch_size]).to(self.device)
+            inputs = classifier_input(crops[i:i + batch_size]).to(self.device)
             for key, model in self._models.items():
                 out[key].append(model.aggregated_logits(inputs).float().cpu().numpy())
         result = {k: (np.concatenate(v) if v else np.zeros((0, len(TASK_CLASSES[k])), np.float32))

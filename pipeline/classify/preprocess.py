@@ -13,6 +13,11 @@ whole batch with torch ops instead of a PIL loop:
 - Crops from ``crop_around_box`` are already 224x224, so the resize is the identity for them
   (as it was for LiLNet's pre-cropped 224 training images).
 
+Phase-pair input (our extension, for classifiers whose manifest says ``mode = "phase-pair"``):
+``to_phase_pair_input`` takes (AP, PVP) crops of one lesion slice and fills the three channels
+with AP, PVP and their mean instead of three copies of one phase, so the network sees wash-in and
+washout in one sample. The same pair given one phase twice is bit-identical to the grey input.
+
 Crop geometry (not in the LiLNet code; the paper only says "224x224, centred on the ROI").
 Our choices:
 
@@ -105,11 +110,38 @@ def to_classifier_input(
     for indices in by_shape.values():
         stacked = torch.from_numpy(np.stack([batch[i] for i in indices])).to(device)
         out[indices] = resize_u8(stacked, size)
-    scaled = out.to(torch.float32).div_(255.0)  # ToTensor
-    rgb = scaled.unsqueeze(1).expand(-1, 3, -1, -1)  # grey -> RGB by three copies
-    mean = torch.tensor(NORMALISE_MEAN, dtype=torch.float32, device=rgb.device).view(1, 3, 1, 1)
-    std = torch.tensor(NORMALISE_STD, dtype=torch.float32, device=rgb.device).view(1, 3, 1, 1)
-    return ((rgb - mean) / std).contiguous()
+    return _normalise(out.unsqueeze(1).expand(-1, 3, -1, -1))  # grey -> RGB by three copies
+
+
+def to_phase_pair_input(pairs: np.ndarray, size: int = CLASSIFIER_SIZE,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 phase pairs [B, 2, H, W] (AP, PVP at one place) -> float32 [B, 3, size, size] in [-1, 1].
+
+    Channels: AP, PVP, and their mean (rounded). A lesion seen in one phase only is given as that
+    crop twice, which makes the input exactly the grey three-copy input of ``to_classifier_input``.
+    """
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 4 or pairs.shape[1] != 2 or pairs.dtype != np.uint8 or min(pairs.shape) < 1:
+        raise PreprocessError(f"phase pairs must be uint8 [B, 2, H, W], got {pairs.dtype} {pairs.shape}")
+    b = pairs.shape[0]
+    flat = torch.from_numpy(np.ascontiguousarray(pairs).reshape(b * 2, *pairs.shape[2:])).to(device)
+    two = resize_u8(flat, size).view(b, 2, size, size).to(torch.int16)
+    mean = (two.sum(dim=1, keepdim=True) + 1).div_(2, rounding_mode="floor")  # round half up
+    return _normalise(torch.cat([two, mean], dim=1))
+
+
+def classifier_input(crops: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """Grey crops [B, H, W] or phase pairs [B, 2, H, W] -> the model input (the two functions above)."""
+    crops = np.asarray(crops)
+    return to_phase_pair_input(crops, device=device) if crops.ndim == 4 else to_classifier_input(crops, device=device)
+
+
+def _normalise(rgb_u8: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] 0-255 -> ToTensor scaling to [0, 1], then Normalize(mean, std) -> [-1, 1]."""
+    scaled = rgb_u8.to(torch.float32).div_(255.0)
+    mean = torch.tensor(NORMALISE_MEAN, dtype=torch.float32, device=scaled.device).view(1, 3, 1, 1)
+    std = torch.tensor(NORMALISE_STD, dtype=torch.float32, device=scaled.device).view(1, 3, 1, 1)
+    return ((scaled - mean) / std).contiguous()
 
 
 def crop_side(box_w: float, box_h: float, size: int = CLASSIFIER_SIZE, margin: float = DEFAULT_MARGIN) -> int:

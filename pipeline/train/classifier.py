@@ -8,7 +8,8 @@ self-distillation head ``fc_SD`` distilled from the (detached) AG logits with te
 T=3 (KL divergence, scaled by T^2). Held-out evaluation uses cases of a different phantom
 seed, per crop (AG argmax) and per lesion (mean AG logits over the lesion's AP+PVP crops,
 then argmax), measured on the model *reloaded from the saved file* (so the numbers describe
-the committed, possibly reduced-precision, weights).
+the committed, possibly reduced-precision, weights). ``--paired`` trains on (AP, PVP) phase pairs
+of each lesion slice instead of single-phase crops (manifest ``mode = "phase-pair"``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from pipeline.classify.checkpoints import CheckpointMetadata, load_lilnet_checkpoint, save_lilnet_checkpoint
 from pipeline.classify.lilnet import N_TRANSFORMS, LiLNet, aggregate_ag
-from pipeline.classify.preprocess import to_classifier_input
+from pipeline.classify.preprocess import classifier_input
 from pipeline.phantom import LesionClass
 from pipeline.train.classifier_data import ALL_CLASSES, TASKS, cached_crops
 
@@ -42,6 +43,12 @@ CROP_POLICY = ("224x224 crop centred on the detector box (crop_around_box, defau
                "than the crop are cut larger and resized); training used ground-truth boxes jittered by "
                "up to 15% centre shift and 0.85-1.2 scale; lesion cross-sections < 8 px skipped; AP and "
                "PVP crops classified independently, AG logits averaged per lesion")
+PAIR_CROP_POLICY = ("224x224 windows centred on the detector box in its phase and on the same patient position "
+                    "in the other phase (nearest slice), stacked as one (AP, PVP) sample; training used "
+                    "ground-truth boxes jittered as for grey crops, the PVP window moved by up to 3 px, and "
+                    "single_phase_fraction of the pairs replaced by one phase twice; AG logits averaged per lesion")
+GREY_COLOUR = "RGB from W400/L40 grey (three copies)"
+PAIR_COLOUR = "R = AP, G = PVP, B = their mean, each W400/L40 (one phase twice when the other is missing)"
 
 
 def joint_targets(labels: Tensor) -> Tensor:
@@ -63,13 +70,19 @@ def lilnet_loss(model: LiLNet, inputs: Tensor, labels: Tensor, temperature: floa
     return loss
 
 
-def augment(crops_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips, 90-degree rotations and small intensity jitter, per crop (uint8 in, uint8 out)."""
+def augment(crops_u8: np.ndarray, rng: np.random.Generator, single_phase: float = 0.0) -> np.ndarray:
+    """Random flips, 90-degree rotations and small intensity jitter, per crop (uint8 in, uint8 out).
+
+    Phase pairs [M, 2, H, W] get the same transform on both phases; with probability
+    ``single_phase`` a pair becomes one of its phases twice, as a lesion in a one-phase study is given.
+    """
     out = np.empty_like(crops_u8)
     for i, crop in enumerate(crops_u8):
-        c = np.rot90(crop, int(rng.integers(4)))
+        c = np.rot90(crop, int(rng.integers(4)), axes=(-2, -1))
         if rng.random() < 0.5:
-            c = c[:, ::-1]
+            c = c[..., ::-1]
+        if c.ndim == 3 and rng.random() < single_phase:
+            c = c[[int(rng.integers(2))] * 2]
         scale, offset = rng.uniform(0.92, 1.08), rng.uniform(-8, 8)
         out[i] = np.clip(c.astype(np.float32) * scale + offset, 0, 255).astype(np.uint8)
     return out
@@ -78,7 +91,7 @@ def augment(crops_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def train_step(model: LiLNet, optimizer: torch.optim.Optimizer, crops_u8: np.ndarray, labels: np.ndarray,
                device: str, class_weights: Tensor | None = None) -> float:
     model.train()
-    inputs = to_classifier_input(crops_u8).to(device)
+    inputs = classifier_input(crops_u8).to(device)
     loss = lilnet_loss(model, inputs, torch.as_tensor(labels, dtype=torch.long, device=device),
                        class_weights=class_weights)
     optimizer.zero_grad(set_to_none=True)
@@ -90,7 +103,7 @@ def train_step(model: LiLNet, optimizer: torch.optim.Optimizer, crops_u8: np.nda
 @torch.no_grad()
 def ag_logits(model: LiLNet, crops_u8: np.ndarray, device: str, batch_size: int = 32) -> np.ndarray:
     model.eval()
-    outs = [model.aggregated_logits(to_classifier_input(crops_u8[i:i + batch_size]).to(device)).float().cpu()
+    outs = [model.aggregated_logits(classifier_input(crops_u8[i:i + batch_size]).to(device)).float().cpu()
             for i in range(0, len(crops_u8), batch_size)]
     return torch.cat(outs).numpy()
 
@@ -149,7 +162,7 @@ def train_task(task: str, train, test, args, device: str, out: Path) -> dict:
             idx = order[i:i + args.batch_size]
             if len(idx) < 2:
                 continue
-            losses.append(train_step(model, optimizer, augment(crops[idx], rng), labels[idx], device,
+            losses.append(train_step(model, optimizer, augment(crops[idx], rng, args.single_phase), labels[idx], device,
                                      class_weights))
             sched.step()
         log.info("task=%s epoch=%d loss=%.4f elapsed=%.0fs", task, epoch, np.mean(losses), time.time() - t0)
@@ -193,10 +206,11 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             "",
             f"[{task}.input]",
             "size = [224, 224]",
-            'colour = "RGB from W400/L40 grey (three copies)"',
+            f"mode = {_q('phase-pair' if args.paired else 'grey')}",
+            f"colour = {_q(PAIR_COLOUR if args.paired else GREY_COLOUR)}",
             "normalise_mean = [0.5, 0.5, 0.5]",
             "normalise_std = [0.5, 0.5, 0.5]",
-            f"crop_policy = {_q(CROP_POLICY)}",
+            f"crop_policy = {_q(PAIR_CROP_POLICY if args.paired else CROP_POLICY)}",
             "",
             f"[{task}.training_data]",
             'source = "pipeline.phantom (AP+PVP, 40 slices x 5 mm)"',
@@ -207,6 +221,7 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             f"class_balanced_loss = {'true' if args.balance else 'false'}",
             f"initial_backbone = {_q(args.init_backbone.name if args.init_backbone else 'random (torchvision init)')}",
             f"max_slices_per_lesion_phase = {args.max_slices}",
+            f"single_phase_fraction = {args.single_phase if args.paired else 0.0}",
             f"train_crops = {r['n_train']}",
             f"epochs = {args.epochs}",
             "",
@@ -247,6 +262,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="LiLNet checkpoint whose backbone starts training (e.g. the trained BM model)")
     p.add_argument("--balance", action="store_true", help="inverse-frequency class weights in the loss")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--paired", action="store_true",
+                   help="phase-pair input: AP and PVP of one lesion slice in one sample (manifest mode phase-pair)")
+    p.add_argument("--single-phase", type=float, default=0.2,
+                   help="with --paired: fraction of training pairs given as one phase twice")
     return p.parse_args(argv)
 
 
@@ -260,9 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     t0 = time.time()
     extra = {} if args.classes == ALL_CLASSES else {"classes": args.classes}
+    if args.paired:
+        extra["paired"] = True
     train = cached_crops(args.cache, args.data_seed, args.cases_per_class, max_slices=args.max_slices, **extra)
     test = cached_crops(args.cache, args.test_seed, args.test_cases_per_class, max_slices=args.max_slices,
-                        jitter=True)
+                        jitter=True, **({"paired": True} if args.paired else {}))
     log.info("data train=%d test=%d crops in %.0fs", len(train), len(test), time.time() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
     results = [train_task(t, train, test, args, device, args.out) for t in args.tasks.split(",")]

@@ -5,7 +5,9 @@ balanced by case count). Every lesion cross-section of at least ``min_side`` px 
 is a candidate; at most ``max_slices`` evenly spaced slices per lesion per phase are kept.
 Each AP and PVP crop is a separate sample (label = the lesion's class); crops are cut with
 ``crop_around_box`` around a jittered ground-truth box (centre shift up to ``jitter_shift``
-of the box size, scale 0.85-1.2) so the classifier tolerates detector boxes.
+of the box size, scale 0.85-1.2) so the classifier tolerates detector boxes. With ``paired``,
+each lesion slice is one sample instead: its AP and PVP windows stacked (the input of a
+``phase-pair`` classifier, see ``pipeline.lesion_crops``).
 
 Task label index orders follow ``docs/lilnet-reference.md`` A1:
 BM: 0 benign (FNH/HEM/CYST), 1 malignant (HCC/ICC/MET); B: 0 FNH, 1 HEM, 2 CYST;
@@ -38,6 +40,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "malignant": ("HCC", "ICC", "MET"),
 }
 PHASES = (ContrastPhase.AP, ContrastPhase.PVP)
+PAIRED = 2  # CropSet.phase of an (AP, PVP) pair sample
 
 
 def task_label(task: str, cls: LesionClass) -> int | None:
@@ -53,12 +56,13 @@ def task_label(task: str, cls: LesionClass) -> int | None:
 
 @dataclass(frozen=True)
 class CropSet:
-    """Crops [M,224,224] uint8 with per-crop class (index into ALL_CLASSES), lesion key, phase, case."""
+    """Crops [M,224,224] (or phase pairs [M,2,224,224]) uint8 with class (index into ALL_CLASSES), lesion key,
+    phase, case."""
 
     crops: np.ndarray
     cls: np.ndarray  # int64 index into ALL_CLASSES
     lesion: np.ndarray  # int64, unique per (case, lesion)
-    phase: np.ndarray  # int64, 0 AP, 1 PVP
+    phase: np.ndarray  # int64, 0 AP, 1 PVP, 2 (PAIRED) an AP+PVP pair
     case: np.ndarray  # int64 case index
 
     def __len__(self) -> int:
@@ -91,10 +95,25 @@ def jitter_box(box: tuple[float, float, float, float], rng: np.random.Generator,
     return cx - s * w / 2, cy - s * h / 2, cx + s * w / 2, cy + s * h / 2
 
 
+def shift_box(box: tuple[float, float, float, float], rng: np.random.Generator,
+              max_px: float) -> tuple[float, float, float, float]:
+    dx, dy = rng.uniform(-max_px, max_px, size=2)
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
+
+
+def _box(b, rng: np.random.Generator | None) -> tuple[float, float, float, float]:
+    box = (float(b.x1), float(b.y1), float(b.x2), float(b.y2))
+    return box if rng is None else jitter_box(box, rng)
+
+
 def build_crops(seed: int, cases_per_class: int, *, max_slices: int = 3, min_side: int = 8,
                 n_slices: int = 40, jitter: bool = True, classes: tuple[LesionClass, ...] = ALL_CLASSES,
-                ) -> CropSet:
-    """Render ``cases_per_class * len(classes)`` phantom cases (seed ``seed``) and cut crops."""
+                paired: bool = False, pair_shift_px: float = 3.0) -> CropSet:
+    """Render ``cases_per_class * len(classes)`` phantom cases (seed ``seed``) and cut crops.
+
+    ``paired``: one sample per lesion slice, [2, 224, 224] = (AP, PVP) at the same place, the PVP
+    window moved by up to ``pair_shift_px`` (the registration error between two detections).
+    """
     rng = np.random.default_rng(seed)
     crops: list[np.ndarray] = []
     meta: list[tuple[int, int, int, int]] = []
@@ -114,15 +133,20 @@ def build_crops(seed: int, cases_per_class: int, *, max_slices: int = 3, min_sid
             if len(boxes) > max_slices:
                 picks = np.linspace(0, len(boxes) - 1, max_slices + 2)[1:-1].round().astype(int)
                 boxes = [boxes[i] for i in picks]
+            key = index * 1000 + lesion_id
+            if paired:
+                for b in boxes:
+                    box = _box(b, rng if jitter else None)
+                    moved = shift_box(box, rng, pair_shift_px)  # the other phase, as a detector would place it
+                    crops.append(np.stack([crop_around_box(window_u8(case.volumes[ph][b.slice_index]), bx)
+                                           for ph, bx in zip(PHASES, (box, moved))]))
+                    meta.append((ALL_CLASSES.index(b.cls), key, PAIRED, index))
+                continue
             for p, phase in enumerate(PHASES):
                 vol = case.volumes[phase]
                 for b in boxes:
-                    img = window_u8(vol[b.slice_index])
-                    box = (float(b.x1), float(b.y1), float(b.x2), float(b.y2))
-                    if jitter:
-                        box = jitter_box(box, rng)
-                    crops.append(crop_around_box(img, box))
-                    meta.append((ALL_CLASSES.index(b.cls), index * 1000 + lesion_id, p, index))
+                    crops.append(crop_around_box(window_u8(vol[b.slice_index]), _box(b, rng if jitter else None)))
+                    meta.append((ALL_CLASSES.index(b.cls), key, p, index))
     if not crops:
         raise RuntimeError("no lesion crops were produced")
     m = np.asarray(meta, dtype=np.int64)

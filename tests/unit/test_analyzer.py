@@ -106,6 +106,31 @@ def test_run_study_groups_truth_boxes_into_one_lesion_across_phases(phantom, tmp
     assert refused.status == "not_analysed" and "disabled" in refused.reason
 
 
+class PairClassifier(FixedClassifier):
+    input_mode = "phase-pair"
+
+    def logits(self, crops):
+        self.pairs = crops
+        return super().logits(crops[:, 0])
+
+
+def test_phase_pair_classifier_gets_ap_and_pvp_of_each_lesion_slice(phantom):
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = study_inputs(series, PhaseRules())
+    classifier = PairClassifier()
+    result = Analyzer(_oracle(out), classifier, []).run_study(study_uid, inputs)
+    pairs = classifier.pairs
+    assert pairs.shape[1:] == (2, 224, 224) and len(pairs) == result.lesions[0].decision.crops
+    # channel 0 is AP, channel 1 PVP: the parenchyma around the lesion enhances more in the portal phase
+    whole = pairs.astype(float).mean(axis=(2, 3))
+    assert np.all(whole[:, 1] > whole[:, 0] + 5), whole
+    # PVP only: each pair is the PVP crop twice
+    pvp_only = [s for s in inputs if s.phase == "PVP"]
+    Analyzer(_oracle(out), classifier, []).run_study(study_uid, pvp_only)
+    assert np.array_equal(classifier.pairs[:, 0], classifier.pairs[:, 1])
+
+
 def test_lesion_needs_one_box_above_the_lesion_threshold(phantom):
     out, _ = phantom
     (study_uid, series), = scan_studies(out).items()
