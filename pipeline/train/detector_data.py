@@ -141,6 +141,30 @@ def boxes_in_window(boxes: Sequence[LesionBox], x0: int, y0: int, crop: int,
     return kept, dropped
 
 
+def _view(slice_u8: np.ndarray, boxes: Sequence[LesionBox], target: Sequence[LesionBox], opts: ExportOptions,
+          rng: np.random.Generator) -> tuple[np.ndarray, Sequence[LesionBox], int]:
+    """The whole slice, or (crop mode) a window holding one of ``target``: (pixels, boxes in it, boxes cut)."""
+    if not opts.crop:
+        return slice_u8, boxes, 0
+    height, width = slice_u8.shape
+    x0, y0 = crop_window(target, width, height, opts.window, rng)
+    kept, cut = boxes_in_window(boxes, x0, y0, opts.window, opts.min_visible)
+    return slice_u8[y0:y0 + opts.window, x0:x0 + opts.window], kept, cut
+
+
+def _write_sample(image_path: Path, label_path: Path, pixels: np.ndarray, boxes: Sequence[LesionBox],
+                  scale: float, opts: ExportOptions) -> tuple[int, int]:
+    """One training image (resized by ``scale``) and its YOLO label file; (boxes written, boxes dropped)."""
+    out_h, out_w = pixels.shape
+    lines, dropped = yolo_lines(boxes, out_w, out_h, scale, opts.min_area_px)
+    img = Image.fromarray(to_rgb(pixels))
+    if scale != 1.0:
+        img = img.resize((round(out_w * scale), round(out_h * scale)), Image.BILINEAR)
+    img.save(image_path, compress_level=1)
+    label_path.write_text("".join(x + "\n" for x in lines))
+    return len(lines), dropped
+
+
 def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
     root = Path(root).resolve()
     n_val = max(1, round(opts.n_cases * opts.val_fraction))
@@ -165,23 +189,14 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
                 small = [b for b in boxes if max(b.x2 - b.x1, b.y2 - b.y1) < opts.small_box_px]
                 repeats = opts.small_repeats if small and split == "train" else 0
                 for rep in range(1 + repeats):
-                    pixels, kept = slice_u8, boxes
-                    if opts.crop:
-                        # repeats place the window on a small lesion: more looks at the lesions most often missed
-                        x0, y0 = crop_window(small if rep else boxes, width, height, opts.window, rng)
-                        kept, cut = boxes_in_window(boxes, x0, y0, opts.window, opts.min_visible)
-                        n_dropped += cut
-                        pixels = slice_u8[y0:y0 + opts.window, x0:x0 + opts.window]
-                    out_h, out_w = pixels.shape
-                    lines, dropped = yolo_lines(kept, out_w, out_h, scale, opts.min_area_px)
-                    n_boxes += len(lines)
-                    n_dropped += dropped
+                    # repeats place the window on a small lesion: more looks at the lesions most often missed
+                    pixels, kept, cut = _view(slice_u8, boxes, small if rep else boxes, opts, rng)
+                    n_dropped += cut
                     stem = f"s{opts.seed}_c{index:04d}_{phase.value}_{k:03d}" + (f"r{rep}" if rep else "")
-                    img = Image.fromarray(to_rgb(pixels))
-                    if scale != 1.0:
-                        img = img.resize((round(out_w * scale), round(out_h * scale)), Image.BILINEAR)
-                    img.save(root / "images" / split / f"{stem}.png", compress_level=1)
-                    (root / "labels" / split / f"{stem}.txt").write_text("".join(x + "\n" for x in lines))
+                    written, dropped = _write_sample(root / "images" / split / f"{stem}.png",
+                                                     root / "labels" / split / f"{stem}.txt", pixels, kept, scale, opts)
+                    n_boxes += written
+                    n_dropped += dropped
                     counts[split] += 1
         log.info("case %d/%d exported (%s)", index + 1, opts.n_cases, split)
     data_yaml = root / "data.yaml"
