@@ -34,7 +34,7 @@ from pipeline.train.classifier_data import ALL_CLASSES, TASKS, cached_crops
 log = logging.getLogger(__name__)
 
 SD_TEMPERATURE = 3.0
-VERSION = "0.1.0-phantom"
+VERSION = "0.2.0-phantom"
 LICENCE = "AGPL-3.0-or-later; trained on synthetic phantoms only - NOT FOR CLINICAL USE"
 FILES = {"bm": "classifier-bm.pth.tar", "benign": "classifier-benign.pth.tar",
          "malignant": "classifier-malignant.pth.tar"}

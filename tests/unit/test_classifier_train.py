@@ -120,3 +120,19 @@ def test_class_weights_shift_the_loss_towards_the_weighted_class():
         only_2 = lilnet_loss(model, x, labels, class_weights=torch.tensor([0.0, 0.0, 1.0]))
     assert torch.allclose(plain, uniform)
     assert torch.allclose(only_2, per_class[2], atol=1e-5)
+
+
+def test_classifier_eval_scores_lesions_through_the_hierarchy():
+    from pipeline.train.classifier_data import CropSet
+    from pipeline.train.classifier_eval import score
+
+    # lesion 7: two HCC crops; lesion 9: one CYST crop that the logits call HEM
+    data = CropSet(np.zeros((3, 4, 4), np.uint8), np.array([3, 3, 2]), np.array([7, 7, 9]), np.array([0, 1, 0]),
+                   np.array([0, 0, 1]))
+    logits = HierarchyLogits(bm=np.array([[0.0, 3.0], [0.0, 1.0], [2.0, 0.0]]),
+                             benign=np.array([[0.0, 0.0, 0.0]] * 2 + [[0.0, 2.0, 1.0]]),
+                             malignant=np.array([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    s = score(logits, data)
+    assert (s["lesions"], s["benign_malignant"], s["six_class"]) == (2, 1.0, 0.5)
+    assert s["errors"] == {"CYST->HEM": 1}
+    assert score(logits, data, rows=np.array([0, 1]))["six_class"] == 1.0
