@@ -19,6 +19,7 @@ import torch
 from pipeline.classify.checkpoints import sha256_of
 from pipeline.detect.offline import configure_ultralytics_offline
 from pipeline.train.detector_data import ExportOptions, export_dataset
+from pipeline.train.hard_negatives import load as load_hard_negatives
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ def _toml_str(s: str) -> str:
 def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: int, cases: int, command: str,
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
                    max_det: int = 100, train_crop: int | None = None, train_upsample: float = 1.0,
-                   train_small_repeats: int = 0, version: str = "0.1.0-phantom") -> None:
+                   train_small_repeats: int = 0, train_hard_negatives: int = 0,
+                   version: str = "0.1.0-phantom") -> None:
     crop_lines = []
     if train_crop:
         window = ("native-resolution crops of this size" if train_upsample == 1.0
@@ -46,7 +48,9 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         crop_lines = [f"train_crop = {train_crop}  # trained on {window}",
                       *([f"train_upsample = {train_upsample:g}"] if train_upsample != 1.0 else []),
                       *([f"train_small_repeats = {train_small_repeats}  # extra crops per slice placed on a "
-                         "lesion box under 16 px"] if train_small_repeats else [])]
+                         "lesion box under 16 px"] if train_small_repeats else []),
+                      *([f"train_hard_negatives = {train_hard_negatives}  # extra crops centred on a trained "
+                         "detector's false boxes (pipeline.train.hard_negatives)"] if train_hard_negatives else [])]
     lines = [
         'name = "liver-lesion-detector"',
         f"version = {_toml_str(version)}",
@@ -113,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="with --crop: cut crop/upsample native px and resize them to crop px (train at a larger scale)")
     p.add_argument("--small-repeats", type=int, default=0,
                    help="with --crop: extra training crops per slice placed on a lesion box under 16 px")
+    p.add_argument("--hard-negatives", type=Path, default=None,
+                   help="with --crop: JSON from pipeline.train.hard_negatives; one more training crop centred on each")
     p.add_argument("--infer-imgsz", type=int, default=None,
                    help="inference size written to the manifest (default: 512 x upsample with --crop, else --imgsz)")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -127,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.init is not None and args.pretrained is not None:
         p.error("--init continues a checkpoint, --pretrained seeds a new architecture: give one")
-    if (args.upsample != 1.0 or args.small_repeats) and not args.crop:
-        p.error("--upsample and --small-repeats need --crop")
+    if (args.upsample != 1.0 or args.small_repeats or args.hard_negatives) and not args.crop:
+        p.error("--upsample, --small-repeats and --hard-negatives need --crop")
     for flag, path in (("--init", args.init), ("--pretrained", args.pretrained)):
         if path is not None and (not path.is_absolute() or not path.is_file()):
             raise TrainingError(f"{flag} must be an existing absolute path: {path}")
@@ -147,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_imgsz = args.crop or args.imgsz
     export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=train_imgsz,
                                 negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop,
-                                upsample=args.upsample, small_repeats=args.small_repeats)
+                                upsample=args.upsample, small_repeats=args.small_repeats,
+                                hard_negatives=load_hard_negatives(args.hard_negatives) if args.hard_negatives else ())
     infer_imgsz = args.infer_imgsz or (round(512 * args.upsample) if args.crop else args.imgsz)
     if args.reuse_data and (out / "data" / "data.yaml").is_file():
         data_yaml = out / "data" / "data.yaml"
@@ -191,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_manifest(args.weights_dir / "detector.manifest.toml", weights=dest, arch=arch, imgsz=infer_imgsz,
                    seed=args.seed, cases=args.cases, command=command, ultra_version=ultralytics.__version__,
                    metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
-                   train_upsample=args.upsample, train_small_repeats=args.small_repeats, version=args.version)
+                   train_upsample=args.upsample, train_small_repeats=args.small_repeats,
+                   train_hard_negatives=len(export_opts.hard_negatives), version=args.version)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

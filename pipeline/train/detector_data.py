@@ -21,6 +21,10 @@ Small lesions (``small_repeats=R``, crop mode, training split only): a slice hol
 long side is under ``small_box_px`` is exported ``R`` more times, each window placed on one of
 those small boxes (stems end ``r1``..``rR``); validation keeps one crop per slice.
 
+Hard negatives (``hard_negatives``, crop mode, training split only): one more window per entry,
+centred on a place where a trained detector reported a lesion that is not there (stems end
+``h0``, ``h1``, ...), labelled with any true lesion inside it.
+
 Tiny lesions: a box whose area at training scale is below ``min_area_px`` (default 4 px)
 is dropped from the labels; such slices are still exported (they count as lesion slices,
 not negatives).
@@ -44,6 +48,18 @@ PHASES: tuple[ContrastPhase, ...] = (ContrastPhase.AP, ContrastPhase.PVP)
 
 
 @dataclass(frozen=True)
+class HardNegative:
+    """A place where a trained detector reported a lesion that is not there (``pipeline.train.hard_negatives``)."""
+
+    case: int  # case index within the export seed
+    phase: str  # ContrastPhase value
+    slice: int
+    cx: float  # box centre, source pixels
+    cy: float
+    confidence: float
+
+
+@dataclass(frozen=True)
 class ExportOptions:
     seed: int = 1000
     n_cases: int = 40
@@ -58,12 +74,15 @@ class ExportOptions:
     upsample: float = 1.0  # crop mode: the window is crop/upsample native px, resized to crop px
     small_repeats: int = 0  # crop mode, train split: extra crops per slice placed on a box smaller than small_box_px
     small_box_px: float = 16.0  # long side in native px (about 11 mm at 0.71 mm/px)
+    hard_negatives: tuple[HardNegative, ...] = ()  # crop mode, train split: an extra window centred on each
 
     def __post_init__(self) -> None:
         if self.upsample < 1.0 or (self.upsample != 1.0 and not self.crop):
             raise ValueError(f"upsample must be >= 1 and needs crop mode, got upsample={self.upsample}, crop={self.crop}")
         if self.small_repeats and not self.crop:
             raise ValueError(f"small_repeats needs crop mode, got small_repeats={self.small_repeats}, crop={self.crop}")
+        if self.hard_negatives and not self.crop:
+            raise ValueError(f"hard_negatives need crop mode, got crop={self.crop}")
 
     @property
     def window(self) -> int | None:
@@ -141,13 +160,25 @@ def boxes_in_window(boxes: Sequence[LesionBox], x0: int, y0: int, crop: int,
     return kept, dropped
 
 
+def centred_window(cx: float, cy: float, width: int, height: int, crop: int) -> tuple[int, int]:
+    """Top-left corner of a ``crop`` window centred on (cx, cy), moved inside the image."""
+    x0 = int(np.clip(round(cx - crop / 2), 0, max(0, width - crop)))
+    y0 = int(np.clip(round(cy - crop / 2), 0, max(0, height - crop)))
+    return x0, y0
+
+
 def _view(slice_u8: np.ndarray, boxes: Sequence[LesionBox], target: Sequence[LesionBox], opts: ExportOptions,
-          rng: np.random.Generator) -> tuple[np.ndarray, Sequence[LesionBox], int]:
-    """The whole slice, or (crop mode) a window holding one of ``target``: (pixels, boxes in it, boxes cut)."""
+          rng: np.random.Generator, centre: tuple[float, float] | None = None,
+          ) -> tuple[np.ndarray, Sequence[LesionBox], int]:
+    """The whole slice, or (crop mode) a window holding one of ``target`` or centred on ``centre``:
+    (pixels, boxes in it, boxes cut)."""
     if not opts.crop:
         return slice_u8, boxes, 0
     height, width = slice_u8.shape
-    x0, y0 = crop_window(target, width, height, opts.window, rng)
+    if centre is None:
+        x0, y0 = crop_window(target, width, height, opts.window, rng)
+    else:
+        x0, y0 = centred_window(*centre, width, height, opts.window)
     kept, cut = boxes_in_window(boxes, x0, y0, opts.window, opts.min_visible)
     return slice_u8[y0:y0 + opts.window, x0:x0 + opts.window], kept, cut
 
@@ -174,6 +205,9 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
     for split in counts:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    hard_by_slice: dict[tuple[int, str, int], list[HardNegative]] = {}
+    for hard in opts.hard_negatives:
+        hard_by_slice.setdefault((hard.case, hard.phase, hard.slice), []).append(hard)
     for index in range(opts.n_cases):
         split = "val" if index >= opts.n_cases - n_val else "train"
         case = render_case(sample_case(opts.seed, index, case_options(opts)))
@@ -183,6 +217,21 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
             scale = opts.upsample if opts.crop else opts.imgsz / max(height, width)
             for k in range(vol.shape[0]):
                 boxes = case.boxes[k]
+                stem = f"s{opts.seed}_c{index:04d}_{phase.value}_{k:03d}"
+
+                def emit(suffix: str, view: tuple[np.ndarray, Sequence[LesionBox], int]) -> None:
+                    nonlocal n_boxes, n_dropped
+                    pixels, kept, cut = view
+                    written, dropped = _write_sample(root / "images" / split / f"{stem}{suffix}.png",
+                                                     root / "labels" / split / f"{stem}{suffix}.txt", pixels, kept,
+                                                     scale, opts)
+                    n_boxes += written
+                    n_dropped += cut + dropped
+                    counts[split] += 1
+
+                # the detector's own confident mistakes, shown as background (labelled with any true lesion there)
+                for j, hard in enumerate(hard_by_slice.get((index, phase.value, k), []) if split == "train" else []):
+                    emit(f"h{j}", _view(window_u8(vol[k]), boxes, boxes, opts, rng, (hard.cx, hard.cy)))
                 if not boxes and rng.random() >= opts.negative_fraction:
                     continue
                 slice_u8 = window_u8(vol[k])
@@ -190,14 +239,7 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
                 repeats = opts.small_repeats if small and split == "train" else 0
                 for rep in range(1 + repeats):
                     # repeats place the window on a small lesion: more looks at the lesions most often missed
-                    pixels, kept, cut = _view(slice_u8, boxes, small if rep else boxes, opts, rng)
-                    n_dropped += cut
-                    stem = f"s{opts.seed}_c{index:04d}_{phase.value}_{k:03d}" + (f"r{rep}" if rep else "")
-                    written, dropped = _write_sample(root / "images" / split / f"{stem}.png",
-                                                     root / "labels" / split / f"{stem}.txt", pixels, kept, scale, opts)
-                    n_boxes += written
-                    n_dropped += dropped
-                    counts[split] += 1
+                    emit(f"r{rep}" if rep else "", _view(slice_u8, boxes, small if rep else boxes, opts, rng))
         log.info("case %d/%d exported (%s)", index + 1, opts.n_cases, split)
     data_yaml = root / "data.yaml"
     data_yaml.write_text(f"path: {root}\ntrain: {root / 'images' / 'train'}\nval: {root / 'images' / 'val'}\n"

@@ -191,18 +191,18 @@ def test_trainer_refuses_relative_or_missing_seed_weights_before_any_work(tmp_pa
         main(["--out", str(tmp_path), "--init", str(tmp_path / "absent.pt")])
     with pytest.raises(SystemExit):  # argparse: --init and --pretrained together
         main(["--out", str(tmp_path), "--init", str(tmp_path), "--pretrained", str(tmp_path)])
-    for flag in (["--upsample", "1.5"], ["--small-repeats", "2"]):  # argparse: both act on crops only
+    for flag in (["--upsample", "1.5"], ["--small-repeats", "2"], ["--hard-negatives", "m.json"]):  # crops only
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), *flag])
     assert not any(tmp_path.iterdir())  # no dataset exported
 
 
-@pytest.mark.parametrize(("upsample", "repeats", "expected"), [
-    (1.0, 0, {"train_crop": 320}),
-    (1.5, 2, {"train_crop": 320, "train_upsample": 1.5, "train_small_repeats": 2}),
+@pytest.mark.parametrize(("upsample", "repeats", "hard", "expected"), [
+    (1.0, 0, 0, {"train_crop": 320}),
+    (1.5, 2, 7, {"train_crop": 320, "train_upsample": 1.5, "train_small_repeats": 2, "train_hard_negatives": 7}),
 ])
 def test_trainer_manifest_records_how_training_crops_were_made(tmp_path: Path, upsample: float, repeats: int,
-                                                               expected: dict) -> None:
+                                                               hard: int, expected: dict) -> None:
     import tomllib  # noqa: PLC0415
 
     from pipeline.train.detector import write_manifest  # noqa: PLC0415
@@ -210,7 +210,7 @@ def test_trainer_manifest_records_how_training_crops_were_made(tmp_path: Path, u
     (tmp_path / "detector.pt").write_bytes(b"weights")
     write_manifest(tmp_path / "m.toml", weights=tmp_path / "detector.pt", arch="yolov8n", imgsz=768, seed=1, cases=2,
                    command="x", ultra_version="8", metrics={}, epochs_run=1, wall_s=1.0, train_crop=320,
-                   train_upsample=upsample, train_small_repeats=repeats)
+                   train_upsample=upsample, train_small_repeats=repeats, train_hard_negatives=hard)
     data = tomllib.loads((tmp_path / "m.toml").read_text())
     assert {k: v for k, v in data["input"].items() if k.startswith("train_")} == expected
     assert data["input"]["imgsz"] == 768 and data["sha256"] == hashlib.sha256(b"weights").hexdigest()
