@@ -39,7 +39,7 @@ def _toml_str(s: str) -> str:
 def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: int, cases: int, command: str,
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
                    max_det: int = 100, train_crop: int | None = None, train_upsample: float = 1.0,
-                   train_small_repeats: int = 0, train_hard_negatives: int = 0,
+                   train_small_repeats: int = 0, train_hard_negatives: int = 0, val_fraction: float = 0.2,
                    version: str = "0.1.0-phantom") -> None:
     crop_lines = []
     if train_crop:
@@ -82,7 +82,8 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         f"epochs_run = {epochs_run}",
         f"wall_s = {wall_s:.0f}",
         "",
-        "[metrics]  # ultralytics val split (last 20% of cases), at conf 0.001 / iou 0.7 (trainer defaults)",
+        f"[metrics]  # ultralytics val split (last {val_fraction:.0%} of cases), at conf 0.001 / iou 0.7 (trainer "
+        "defaults)",
         f"val_map50 = {metrics.get('metrics/mAP50(B)', float('nan')):.4f}",
         f"val_map50_95 = {metrics.get('metrics/mAP50-95(B)', float('nan')):.4f}",
         f"val_precision = {metrics.get('metrics/precision(B)', float('nan')):.4f}",
@@ -199,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    seed=args.seed, cases=args.cases, command=command, ultra_version=ultralytics.__version__,
                    metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
                    train_upsample=args.upsample, train_small_repeats=args.small_repeats,
-                   train_hard_negatives=len(export_opts.hard_negatives), version=args.version)
+                   train_hard_negatives=len(export_opts.hard_negatives), val_fraction=args.val_fraction,
+                   version=args.version)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 
