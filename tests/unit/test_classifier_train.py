@@ -13,6 +13,7 @@ from pipeline.classify.lilnet import LiLNet
 from pipeline.phantom import LesionClass
 from pipeline.train.classifier import joint_targets, lilnet_loss
 from pipeline.train.classifier_data import ALL_CLASSES, TASKS, build_crops, task_label
+from tests.support.classifier_weights import write_untrained_classifiers
 
 def test_task_label_orders_match_reference():
     assert TASKS["bm"] == ("benign", "malignant")
@@ -71,21 +72,7 @@ def test_training_steps_reduce_loss():
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
     """A weights folder in the shipped layout: three resnet18 LiLNets saved and described as training does."""
-    from pipeline.classify.checkpoints import CheckpointMetadata, save_lilnet_checkpoint
-    from pipeline.train.classifier import parse_args, write_manifest
-
-    out = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    results = []
-    for task, classes in TASKS.items():
-        name = f"classifier-{task}.pth.tar"
-        sha = save_lilnet_checkpoint(LiLNet(len(classes), depth="resnet18", width=16), out / name,
-                                     CheckpointMetadata(epoch=0, auc=None, acc=None))
-        results.append({"task": task, "file": name, "sha256": sha, "n_train": 0, "n_crops": 0, "n_lesions": 0,
-                        "crop_acc": 0.0, "lesion_acc": 0.0})
-    args = parse_args(["--out", str(out), "--depth", "resnet18", "--width", "16", "--weight-dtype", "float32"])
-    write_manifest(out, results, args, "test fixture: untrained")
-    return out
+    return write_untrained_classifiers(tmp_path_factory.mktemp("weights"))
 
 
 def test_manifest_weights_load_and_give_shapes(weights_dir):

@@ -6,18 +6,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from pipeline.detect.detector import Detection as Det
 from pipeline.phantom import render_case, sample_case
 from pipeline.train.detector_data import ExportOptions, HardNegative, case_options, export_dataset
 from pipeline.train.hard_negatives import false_boxes, load, mine, save
-
-
-@dataclass(frozen=True)
-class Det:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    confidence: float
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pipeline.phantom import LesionClass
 from pipeline.series import Geometry, LoadedSeries
 from pipeline.train.classifier import augment
 from pipeline.train.classifier_data import PAIRED, build_crops
+from tests.support.classifier_weights import write_untrained_classifiers
 
 
 def _images(uid: str, phase: str, value: int, frame: str | None = "1.2.3", n: int = 4,
@@ -116,27 +117,11 @@ def test_classifier_input_mode_from_manifest(weights_dir_factory):
 @pytest.fixture(scope="module")
 def weights_dir_factory(tmp_path_factory):
     """Untrained width-8 weights described by manifests in grey mode, phase-pair mode, and mixed."""
-    from pipeline.classify.checkpoints import CheckpointMetadata, save_lilnet_checkpoint
-    from pipeline.classify.lilnet import LiLNet
-    from pipeline.train.classifier import parse_args, write_manifest
-    from pipeline.train.classifier_data import TASKS
-
-    dirs = []
-    for flags in ([], ["--paired"]):
-        out = tmp_path_factory.mktemp("weights")
-        torch.manual_seed(0)
-        results = []
-        for task, classes in TASKS.items():
-            name = f"classifier-{task}.pth.tar"
-            sha = save_lilnet_checkpoint(LiLNet(len(classes), depth="resnet18", width=8), out / name,
-                                         CheckpointMetadata(epoch=0, auc=None, acc=None))
-            results.append({"task": task, "file": name, "sha256": sha, "n_train": 0, "n_crops": 0,
-                            "n_lesions": 0, "crop_acc": 0.0, "lesion_acc": 0.0})
-        write_manifest(out, results, parse_args(["--out", str(out), "--width", "8", *flags]), "test fixture")
-        dirs.append(out)
+    grey = write_untrained_classifiers(tmp_path_factory.mktemp("grey"), width=8)
+    pair = write_untrained_classifiers(tmp_path_factory.mktemp("pair"), width=8, flags=("--paired",))
     mixed = tmp_path_factory.mktemp("mixed")
-    for f in dirs[1].glob("*.pth.tar"):
+    for f in pair.glob("*.pth.tar"):
         (mixed / f.name).symlink_to(f)
-    text = (dirs[1] / "classifiers.manifest.toml").read_text()
+    text = (pair / "classifiers.manifest.toml").read_text()
     (mixed / "classifiers.manifest.toml").write_text(text.replace('mode = "phase-pair"', 'mode = "grey"', 1))
-    return dirs[0], dirs[1], mixed
+    return grey, pair, mixed
