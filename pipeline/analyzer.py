@@ -16,6 +16,7 @@ import numpy as np
 
 from .hierarchy import HierarchyLogits, decide
 from .imaging import window_u8
+from .classify.preprocess import GREY, PHASE_PAIR
 from .lesion_crops import PhaseImages, lesion_crops
 from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
 from .result import LesionResult, ModelInfo, SeriesUse, StudyResult
@@ -145,7 +146,7 @@ class Analyzer:
         t = time.perf_counter()
         images = {s.series_uid: PhaseImages(ls, s.phase if s.phase in PRIMARY_PHASES else "UNKNOWN",
                                             windowed[s.series_uid]) for s, ls in loaded}
-        paired = getattr(self.classifier, "input_mode", "grey") == "phase-pair"
+        paired = getattr(self.classifier, "input_mode", GREY) == PHASE_PAIR
         crops, owners = lesion_crops(lesions, images, paired=paired, max_per_view=self.options.max_crops_per_view,
                                      min_px=self.options.min_crop_px)
         logits = self.classifier.logits(crops) if crops is not None else None

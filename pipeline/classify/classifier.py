@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.classify.checkpoints import LoadedClassifier, ModelLoadError, load_lilnet_checkpoint
-from pipeline.classify.preprocess import classifier_input
+from pipeline.classify.preprocess import GREY, PHASE_PAIR, classifier_input
 from pipeline.hierarchy import HierarchyLogits  # the one type the analyzer aggregates
 
 TASK_KEYS = ("bm", "benign", "malignant")
@@ -29,7 +29,6 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
 PUBLISHED_ALIASES = {"bm": ("bm", "BM", "Time_BM"), "benign": ("benign", "B", "Time_B"),
                      "malignant": ("malignant", "M", "Time_M")}
 MANIFEST_NAME = "classifiers.manifest.toml"
-GREY, PHASE_PAIR = "grey", "phase-pair"  # manifest [task.input] mode; published LiLNet weights are grey
 INPUT_MODES = (GREY, PHASE_PAIR)
 
 

@@ -52,6 +52,7 @@ NORMALISE_MEAN = (0.5, 0.5, 0.5)
 NORMALISE_STD = (0.5, 0.5, 0.5)
 DEFAULT_MARGIN = 0.1
 DEFAULT_PAD_VALUE = 0  # bottom of the W400/L40 window: air / black
+GREY, PHASE_PAIR = "grey", "phase-pair"  # classifier manifest [task.input] mode; published LiLNet weights are grey
 
 
 class PreprocessError(ValueError):

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from pipeline.classify.checkpoints import CheckpointMetadata, load_lilnet_checkpoint, save_lilnet_checkpoint
 from pipeline.classify.lilnet import N_TRANSFORMS, LiLNet, aggregate_ag
-from pipeline.classify.preprocess import classifier_input
+from pipeline.classify.preprocess import GREY, PHASE_PAIR, classifier_input
 from pipeline.phantom import LesionClass
 from pipeline.train.classifier_data import ALL_CLASSES, TASKS, cached_crops
 
@@ -206,7 +206,7 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             "",
             f"[{task}.input]",
             "size = [224, 224]",
-            f"mode = {_q('phase-pair' if args.paired else 'grey')}",
+            f"mode = {_q(PHASE_PAIR if args.paired else GREY)}",
             f"colour = {_q(PAIR_COLOUR if args.paired else GREY_COLOUR)}",
             "normalise_mean = [0.5, 0.5, 0.5]",
             "normalise_std = [0.5, 0.5, 0.5]",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.classify.classifier import PHASE_PAIR, LesionClassifier
-from pipeline.hierarchy import HierarchyLogits, decide
+from pipeline.hierarchy import MALIGNANT_CLASSES, HierarchyLogits, decide
 from pipeline.train.classifier_data import ALL_CLASSES, CropSet, cached_crops
 
 
@@ -32,7 +32,7 @@ def score(logits: HierarchyLogits, data: CropSet, rows: np.ndarray | None = None
         mine = rows[data.lesion[rows] == key]
         truth = ALL_CLASSES[int(data.cls[mine[0]])].value
         decision = decide(logits.select(mine))
-        bm_hits += int(decision.malignant == (truth in ("HCC", "ICC", "MET")))
+        bm_hits += int(decision.malignant == (truth in MALIGNANT_CLASSES))
         six_hits += int(decision.cls == truth)
         if decision.cls != truth:
             errors[f"{truth}->{decision.cls}"] = errors.get(f"{truth}->{decision.cls}", 0) + 1
