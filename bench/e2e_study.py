@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             e2e = _metric(text, "liver_node_study_e2e_seconds_sum")
             print(f"slices_per_phase={args.slices} instances={len(files)} storescu_seconds={sent:.1f} "
                   f"study_e2e_seconds={e2e:.1f} results_at_pacs={len(list((tmp / 'pacs').iterdir()))}")
-            for stage in ("load", "detect", "lesions", "classify", "aggregate", "report"):
+            for stage in ("load", "detect", "lesions", "classify", "verify", "aggregate", "report"):
                 v = _metric(text, f'liver_node_pipeline_stage_seconds_sum{{stage="{stage}"}}')
                 if v is not None:
                     print(f"  stage {stage:9s} {v:7.2f} s")

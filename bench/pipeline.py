@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
         print(f"device={device} torch_threads={torch.get_num_threads()} slices_per_phase={args.slices} "
               f"models_load_s={load_models:.2f} lesions={len(result.lesions)} repeats={args.repeat}")
-        for stage in ("load", "detect", "lesions", "classify", "aggregate", "total"):
+        for stage in ("load", "detect", "lesions", "classify", "verify", "aggregate", "total"):
             values = [r.get(stage, 0.0) for r in runs]
             print(f"  {stage:10s} median {statistics.median(values):8.3f} s   (min {min(values):.3f}, max {max(values):.3f})")
 

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--lesion-conf-sweep", metavar="T1,T2,...",
                    help="instead: lesion detection at IoU 0.1 for each detector lesion_conf (run at a lower one)")
+    p.add_argument("--p-lesion-sweep", metavar="P1,P2,...",
+                   help="with --lesion-conf-sweep: also each lesion-verifier threshold (run with threshold 0)")
 
     p = sub.add_parser("phantom", help="write synthetic multiphase liver CT studies with ground truth", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -150,14 +152,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.lesion_conf_sweep:
         try:
             thresholds = sorted(float(t) for t in args.lesion_conf_sweep.split(","))
+            p_lesions = sorted(float(t) for t in args.p_lesion_sweep.split(",")) if args.p_lesion_sweep else None
         except ValueError:
-            print(f"liver-node: --lesion-conf-sweep wants numbers like 0.3,0.4: {args.lesion_conf_sweep}",
-                  file=sys.stderr)
+            print("liver-node: --lesion-conf-sweep and --p-lesion-sweep want numbers like 0.3,0.4", file=sys.stderr)
             return 2
-        for t, m in lesion_conf_sweep(args.results, truths, thresholds).items():
-            print(f"lesion_conf {t:.2f}: lesion_recall={m['lesion_recall']:.3f} "
-                  f"lesion_precision={m['lesion_precision']:.3f} "
-                  f"false_lesions_per_case={m['false_lesions_per_case']:.2f}")
+        for key, m in lesion_conf_sweep(args.results, truths, thresholds, p_lesions).items():
+            t, p = key if p_lesions is not None else (key, None)
+            f1 = 2 * m["lesion_recall"] * m["lesion_precision"] / max(m["lesion_recall"] + m["lesion_precision"], 1e-9)
+            print(f"lesion_conf {t:.2f}" + (f" p_lesion {p:.2f}" if p is not None else "") +
+                  f": lesion_recall={m['lesion_recall']:.3f} lesion_precision={m['lesion_precision']:.3f} "
+                  f"lesion_f1={f1:.3f} false_lesions_per_case={m['false_lesions_per_case']:.2f}")
         return 0
     report = evaluate(args.results, truths)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

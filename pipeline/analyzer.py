@@ -17,6 +17,7 @@ import numpy as np
 from .hierarchy import HierarchyLogits, decide
 from .imaging import window_u8
 from .classify.preprocess import GREY, PHASE_PAIR
+from .classify.verifier import lesion_probability
 from .lesion_crops import PhaseImages, lesion_crops
 from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
 from .result import LesionResult, ModelInfo, SeriesUse, StudyResult
@@ -45,6 +46,13 @@ class Classifier(Protocol):
     def logits(self, crops_u8: np.ndarray) -> HierarchyLogits: ...
 
 
+class Verifier(Protocol):
+    input_mode: str
+    threshold: float  # p(lesion) a candidate needs to be reported
+
+    def logits(self, crops_u8: np.ndarray) -> np.ndarray: ...  # [M, 2] background, lesion
+
+
 @dataclass(frozen=True)
 class AnalyzerOptions:
     unknown_phase: str = "run"  # "run": analyse an unlabelled series, marked unknown phase; "refuse"
@@ -54,23 +62,30 @@ class AnalyzerOptions:
 
 class Analyzer:
     def __init__(self, detector: Detector, classifier: Classifier, models: list[ModelInfo],
-                 options: AnalyzerOptions = AnalyzerOptions()) -> None:
+                 options: AnalyzerOptions = AnalyzerOptions(), verifier: Verifier | None = None) -> None:
         self.detector = detector
         self.classifier = classifier
         self.models = models
         self.options = options
+        self.verifier = verifier
 
     @classmethod
     def from_weights(cls, weights_dir: Path, device: str | None = None,
                      options: AnalyzerOptions = AnalyzerOptions()) -> "Analyzer":
+        from .classify import verifier as verifier_module
         from .classify.classifier import LesionClassifier
         from .detect.detector import LesionDetector
 
         detector = LesionDetector.from_manifest(weights_dir, device=device)
         classifier = LesionClassifier.from_manifest(weights_dir, device=device)
         models = [ModelInfo(detector.name, detector.version, detector.sha256)]
-        models += [ModelInfo(n, v, h) for n, v, h in zip(classifier.names, classifier.versions, classifier.sha256s)]
-        return cls(detector, classifier, models, options)
+        models += [ModelInfo(n, v, h) for n, v, h in zip(classifier.names.values(), classifier.versions.values(),
+                                                          classifier.sha256s.values())]
+        verifier = None
+        if (Path(weights_dir) / verifier_module.MANIFEST_NAME).is_file():
+            verifier = verifier_module.LesionVerifier.from_manifest(weights_dir, device=device)
+            models.append(ModelInfo(verifier.name, verifier.version, verifier.sha256))
+        return cls(detector, classifier, models, options, verifier)
 
     # --- phase choice -----------------------------------------------------------------------------
     def _choose(self, series: Sequence[SeriesInput]) -> tuple[list[SeriesInput], str | None, str | None]:
@@ -153,15 +168,42 @@ class Analyzer:
         result.timings_s["classify"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        verified = self._verify(lesions, images, crops, paired) if crops is not None else None
+        result.timings_s["verify"] = time.perf_counter() - t
+
+        t = time.perf_counter()
         owners_arr = np.array(owners)
+        reported: list[np.ndarray] = []
+        rejected = 0
         for lesion in lesions:
             rows = np.flatnonzero(owners_arr == lesion.index) if owners else np.array([], dtype=int)
             if rows.size == 0:
                 result.notes.append(f"lesion {lesion.index} too small to classify ({lesion.primary.long_axis_mm:.1f} mm)")
                 continue
-            result.lesions.append(LesionResult(lesion, decide(logits.select(rows))))
-        if logits is not None and len(logits):
-            result.case = decide(logits)  # the paper's patient averaging: all crops of all lesions
+            p_lesion = None
+            if verified is not None:
+                p_lesion = lesion_probability(verified[rows])
+                if p_lesion < self.verifier.threshold:
+                    rejected += 1
+                    continue
+            reported.append(rows)
+            result.lesions.append(LesionResult(lesion, decide(logits.select(rows)), p_lesion))
+        if rejected:
+            result.notes.append(f"{rejected} detector candidate(s) rejected by the lesion verifier "
+                                f"(p(lesion) < {self.verifier.threshold:g})")
+        if reported:  # the paper's patient averaging: all crops of all reported lesions
+            result.case = decide(logits.select(np.concatenate(reported)))
         result.timings_s["aggregate"] = time.perf_counter() - t
         log.info("study analysed study_uid=%s lesions=%d mode=%s", study_uid, len(result.lesions), mode)
         return result
+
+    def _verify(self, lesions, images, crops: np.ndarray, paired: bool) -> np.ndarray | None:
+        """The verifier's logits for every crop row (the classifier's crops, cut again only when the
+        verifier takes the other input mode); None without a verifier."""
+        if self.verifier is None:
+            return None
+        want_pairs = self.verifier.input_mode == PHASE_PAIR
+        if want_pairs != paired:
+            crops, _ = lesion_crops(lesions, images, paired=want_pairs, max_per_view=self.options.max_crops_per_view,
+                                    min_px=self.options.min_crop_px)
+        return self.verifier.logits(crops)

@@ -255,11 +255,23 @@ def at_lesion_conf(results: dict[str, dict], lesion_conf: float) -> dict[str, di
     return out
 
 
-def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth],
-                      thresholds: list[float]) -> dict[float, dict]:
-    """Lesion-level detection at IoU 0.1 for each candidate ``lesion_conf`` (pick it on validation data)."""
+def at_p_lesion(results: dict[str, dict], p_lesion: float) -> dict[str, dict]:
+    """Results as a stricter lesion-verifier threshold would have left them (lesions without a
+    verifier probability stay). Exact when the run's own threshold was at or below ``p_lesion``."""
+    return {uid: {**res, "lesions": [les for les in res["lesions"]
+                                     if les.get("p_lesion") is None or les["p_lesion"] >= p_lesion]}
+            for uid, res in results.items()}
+
+
+def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth], thresholds: list[float],
+                      p_lesions: list[float] | None = None) -> dict:
+    """Lesion-level detection at IoU 0.1 for each candidate ``lesion_conf`` (pick it on validation data);
+    with ``p_lesions``, for each (lesion_conf, verifier threshold) pair instead."""
     results = load_results(results_dir)
-    return {t: detection_metrics(at_lesion_conf(results, t), truths)["iou_0.1"] for t in thresholds}
+    if p_lesions is None:
+        return {t: detection_metrics(at_lesion_conf(results, t), truths)["iou_0.1"] for t in thresholds}
+    return {(t, p): detection_metrics(at_p_lesion(at_lesion_conf(results, t), p), truths)["iou_0.1"]
+            for t in thresholds for p in p_lesions}
 
 
 def evaluate(results_dir: Path, truths: dict[str, CaseTruth]) -> dict:

@@ -32,6 +32,7 @@ class ModelInfo:
 class LesionResult:
     lesion: Lesion
     decision: Decision
+    p_lesion: float | None = None  # the lesion verifier's probability that the candidate is a lesion (None: no verifier)
 
 
 @dataclass
@@ -100,6 +101,7 @@ def _lesion(r: LesionResult) -> dict:
         "short_axis_mm": round(p.short_axis_mm, 1),
         "volume_ml": round(p.volume_ml, 2),
         "phases": list(les.phases),
+        "p_lesion": _num(r.p_lesion),
         "size_method": "detector box (long/short side on the key slice; volume as stacked ellipses)",
         "views": [
             {

@@ -37,8 +37,8 @@ SD_TEMPERATURE = 3.0
 VERSION = "0.2.0-phantom"
 LICENCE = "AGPL-3.0-or-later; trained on synthetic phantoms only - NOT FOR CLINICAL USE"
 FILES = {"bm": "classifier-bm.pth.tar", "benign": "classifier-benign.pth.tar",
-         "malignant": "classifier-malignant.pth.tar"}
-NAMES = {"bm": "lilnet-bm", "benign": "lilnet-benign", "malignant": "lilnet-malignant"}
+         "malignant": "classifier-malignant.pth.tar", "lesion": "verifier.pth.tar"}
+NAMES = {"bm": "lilnet-bm", "benign": "lilnet-benign", "malignant": "lilnet-malignant", "lesion": "lesion-verifier"}
 CROP_POLICY = ("224x224 crop centred on the detector box (crop_around_box, default margin; boxes larger "
                "than the crop are cut larger and resized); training used ground-truth boxes jittered by "
                "up to 15% centre shift and 0.85-1.2 scale; lesion cross-sections < 8 px skipped; AP and "

@@ -38,13 +38,19 @@ TASKS: dict[str, tuple[str, ...]] = {
     "bm": ("benign", "malignant"),
     "benign": ("FNH", "HEM", "CYST"),
     "malignant": ("HCC", "ICC", "MET"),
+    "lesion": ("background", "lesion"),  # the verifier: is a detector candidate a lesion at all
 }
+BACKGROUND = len(ALL_CLASSES)  # CropSet.cls of a sample that is no lesion (verifier training data)
 PHASES = (ContrastPhase.AP, ContrastPhase.PVP)
 PAIRED = 2  # CropSet.phase of an (AP, PVP) pair sample
 
 
-def task_label(task: str, cls: LesionClass) -> int | None:
-    """Label index of a lesion class in a task, or None when the class is not in that task."""
+def task_label(task: str, cls: LesionClass | None) -> int | None:
+    """Label index of a lesion class (None: no lesion) in a task, or None when it is not in that task."""
+    if task == "lesion":
+        return 0 if cls is None else 1
+    if cls is None:
+        return None
     if task == "bm":
         return 0 if cls in BENIGN else 1
     if task == "benign":
@@ -60,7 +66,7 @@ class CropSet:
     phase, case."""
 
     crops: np.ndarray
-    cls: np.ndarray  # int64 index into ALL_CLASSES
+    cls: np.ndarray  # int64 index into ALL_CLASSES, or BACKGROUND
     lesion: np.ndarray  # int64, unique per (case, lesion)
     phase: np.ndarray  # int64, 0 AP, 1 PVP, 2 (PAIRED) an AP+PVP pair
     case: np.ndarray  # int64 case index
@@ -70,7 +76,8 @@ class CropSet:
 
     def for_task(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(crops, labels, lesion keys) of the crops that belong to ``task``."""
-        labels = np.array([-1 if (lab := task_label(task, ALL_CLASSES[c])) is None else lab for c in self.cls],
+        classes = (*ALL_CLASSES, None)  # index BACKGROUND -> None
+        labels = np.array([-1 if (lab := task_label(task, classes[c])) is None else lab for c in self.cls],
                           dtype=np.int64)
         keep = labels >= 0
         return self.crops[keep], labels[keep], self.lesion[keep]

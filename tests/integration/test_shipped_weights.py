@@ -43,3 +43,16 @@ def test_clear_case_gets_its_class(analyzer, tmp_path, cls):
     nearest = min(np.linalg.norm(np.subtract(les.lesion.center_mm, truth["centre_mm"])) for les in result.lesions)
     assert nearest <= max(truth["diameters_mm"]) / 2, f"closest lesion centre {nearest:.1f} mm from the truth"
 
+
+
+def test_result_names_every_model_with_its_manifest_version(analyzer):
+    import tomllib
+
+    manifests = {p.name: tomllib.loads(p.read_text()) for p in (REPO / "weights").glob("*.manifest.toml")}
+    classifiers = manifests["classifiers.manifest.toml"]
+    expected = {manifests["detector.manifest.toml"]["name"]: manifests["detector.manifest.toml"]["version"]}
+    expected |= {classifiers[k]["name"]: classifiers[k]["version"] for k in ("bm", "benign", "malignant")}
+    if "verifier.manifest.toml" in manifests:
+        expected[manifests["verifier.manifest.toml"]["name"]] = manifests["verifier.manifest.toml"]["version"]
+    assert {m.name: m.version for m in analyzer.models} == expected
+    assert all(len(m.sha256) == 64 and int(m.sha256, 16) >= 0 for m in analyzer.models)

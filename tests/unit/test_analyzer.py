@@ -142,6 +142,44 @@ def test_lesion_needs_one_box_above_the_lesion_threshold(phantom):
     assert len(Analyzer(oracle, FixedClassifier(), []).run_study(study_uid, inputs).lesions) == 1
 
 
+class OracleAndAirDetector(OracleDetector):
+    """The true boxes plus one box in the air outside the body on every slice (a false candidate)."""
+
+    def detect(self, slices_u8):
+        return [found + [Det(4, 4, 20, 20, 0.9)] for found in super().detect(slices_u8)]
+
+
+class BrightCentreVerifier:
+    """Calls a candidate a lesion when its window has tissue at the centre (air is 0 at W400/L40)."""
+
+    input_mode = "phase-pair"
+    threshold = 0.5
+
+    def logits(self, crops):
+        assert crops.shape[1:] == (2, 224, 224)
+        tissue = crops[:, :, 100:124, 100:124].mean(axis=(1, 2, 3)) > 10
+        return np.where(tissue[:, None], [[-4.0, 4.0]], [[4.0, -4.0]])
+
+
+def test_verifier_rejects_the_false_candidate_and_keeps_the_lesion(phantom):
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = study_inputs(series, PhaseRules())
+    detector = OracleAndAirDetector(_oracle(out).boxes)
+    classifier = FixedClassifier()
+    unverified = Analyzer(detector, classifier, []).run_study(study_uid, inputs)
+    assert len(unverified.lesions) == 2 and all(les.p_lesion is None for les in unverified.lesions)
+    result = Analyzer(detector, classifier, [], verifier=BrightCentreVerifier()).run_study(study_uid, inputs)
+    (kept,) = result.lesions
+    truth = json.loads(next(out.rglob("labels.json")).read_text())["lesions"][0]
+    assert np.linalg.norm(np.subtract(kept.lesion.center_mm, truth["centre_mm"])) < 10.0
+    assert kept.p_lesion == pytest.approx(1 / (1 + np.exp(-8.0)))
+    assert result.case.crops == kept.decision.crops  # the case averages reported lesions only
+    assert any("1 detector candidate(s) rejected by the lesion verifier" in n for n in result.notes)
+    assert "verify" in result.timings_s
+    assert result.to_dict()["lesions"][0]["p_lesion"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
     out, study = phantom
     analyzer = Analyzer(_oracle(out), FixedClassifier(), [])
@@ -178,3 +216,21 @@ def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
     assert sweep[0.5]["lesion_recall"] == 1.0 and sweep[0.5]["lesion_precision"] == 1.0
     assert sweep[0.95]["lesion_recall"] == 0.0
     assert list(next(iter(sweep[0.95]["lesion_recall_by_size_and_contrast"].values())).values()) == ["0/1"]
+
+
+def test_evaluate_command_sweeps_detector_and_verifier_thresholds(phantom, tmp_path, capsys):
+    from node.cli import main
+
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    detector = OracleAndAirDetector(_oracle(out).boxes)
+    analyzer = Analyzer(detector, FixedClassifier(), [], verifier=BrightCentreVerifier())
+    analyzer.verifier.threshold = 0.0  # keep every candidate with its probability, as a sweep run does
+    assert run_folder(analyzer, out, tmp_path / "results") == 0
+    capsys.readouterr()  # the run's own summary lines
+    assert main(["evaluate", str(tmp_path / "results"), "--truth", str(out), "--lesion-conf-sweep", "0.5",
+                 "--p-lesion-sweep", "0.0,0.5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("lesion_conf 0.50 p_lesion 0.00: lesion_recall=1.000 lesion_precision=0.500")
+    assert lines[1].startswith("lesion_conf 0.50 p_lesion 0.50: lesion_recall=1.000 lesion_precision=1.000")
+    assert "false_lesions_per_case=0.00" in lines[1]

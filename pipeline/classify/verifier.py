@@ -1,0 +1,79 @@
+"""The lesion verifier: a second look at every detector candidate before it is reported.
+
+The detector sees one slice at a time and must run at a low confidence to find small and faint
+lesions; at that confidence it also reports vessels, fissures and noise. The verifier is a
+two-class LiLNet (``background``, ``lesion``) on the classifier's own crops of the candidate
+(phase pairs when its manifest says so), trained on a detector's candidates on phantoms that the
+detector never saw (``pipeline.train.verifier_data``). Its logits are averaged over a candidate's
+crops, as the classifiers' are, and the candidate is kept when p(lesion) reaches the manifest's
+``threshold``. This is the false-positive-reduction stage of two-stage detectors (it is not part
+of LiLNet); without ``verifier.manifest.toml`` in the weights folder the pipeline has none, as
+with the published LiLNet weights.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.classify.checkpoints import ModelLoadError, load_lilnet_checkpoint
+from pipeline.classify.preprocess import GREY, PHASE_PAIR, classifier_input
+
+MANIFEST_NAME = "verifier.manifest.toml"
+CLASSES = ("background", "lesion")
+
+
+class LesionVerifier:
+    def __init__(self, model: torch.nn.Module, *, name: str, version: str, sha256: str, threshold: float,
+                 input_mode: str = PHASE_PAIR, device: str | None = None) -> None:
+        if input_mode not in (GREY, PHASE_PAIR):
+            raise ModelLoadError(f"verifier input mode {input_mode!r}; expected {GREY!r} or {PHASE_PAIR!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ModelLoadError(f"verifier threshold {threshold} is not a probability")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._model = model.to(self.device).eval()
+        self.name, self.version, self.sha256 = name, version, sha256
+        self.threshold = threshold
+        self.input_mode = input_mode
+
+    @classmethod
+    def from_manifest(cls, weights_dir: Path, device: str | None = None) -> "LesionVerifier":
+        path = Path(weights_dir) / MANIFEST_NAME
+        try:
+            entry = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+        try:
+            classes = tuple(entry["classes"])
+            threshold = float(entry["thresholds"]["p_lesion"])
+            file, sha = str(entry["file"]), str(entry["sha256"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path.name}: file, sha256, classes and [thresholds] p_lesion are required "
+                                 f"({exc!r})") from exc
+        if classes != CLASSES:
+            raise ModelLoadError(f"{path.name}: classes {classes} != {CLASSES}")
+        loaded = load_lilnet_checkpoint(Path(weights_dir) / file, sha, depth=str(entry.get("depth", "resnet18")))
+        if loaded.n_classes != len(CLASSES):
+            raise ModelLoadError(f"{file}: {loaded.n_classes} classes, expected {len(CLASSES)}")
+        return cls(loaded.model, name=str(entry.get("name", "lesion-verifier")),
+                   version=str(entry.get("version", "unknown")), sha256=loaded.sha256, threshold=threshold,
+                   input_mode=str(entry.get("input", {}).get("mode", PHASE_PAIR)), device=device)
+
+    @torch.no_grad()
+    def logits(self, crops_u8: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """AG logits [M, 2] of crops [M,H,W] or phase pairs [M,2,H,W] (uint8)."""
+        crops = np.asarray(crops_u8)
+        if crops.dtype != np.uint8 or crops.ndim not in (3, 4):
+            raise ValueError(f"crops must be uint8 [M,H,W] or [M,2,H,W], got {crops.dtype} {crops.shape}")
+        outs = [self._model.aggregated_logits(classifier_input(crops[i:i + batch_size]).to(self.device))
+                .float().cpu().numpy() for i in range(0, len(crops), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, len(CLASSES)), np.float32)
+
+
+def lesion_probability(logits: np.ndarray) -> float:
+    """p(lesion) of one candidate from its crops' logits [K, 2]: mean logits, then softmax."""
+    mean = np.asarray(logits, dtype=np.float64).mean(axis=0)
+    e = np.exp(mean - mean.max())
+    return float(e[1] / e.sum())

@@ -1,0 +1,148 @@
+"""Train the lesion verifier (background vs lesion LiLNet) on ``verifier_data`` crops and write its manifest.
+
+    python -m pipeline.train.verifier --data part1.npz part2.npz --out DIR --epochs 20 --init-backbone weights/classifier-bm.pth.tar
+
+The last ``--held-out-cases`` phantom cases of the data are held out: the manifest records the
+verifier's AUC on them and its recall of lesions and of false candidates at ``--threshold``, per
+candidate (a lesion's crops averaged, as the pipeline does). Pick the pipeline threshold on the
+validation phantoms (``liver-node evaluate --lesion-conf-sweep ... --p-lesion-sweep ...``) and write
+it back with ``--threshold``; the training itself does not depend on it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.classify.checkpoints import load_lilnet_checkpoint
+from pipeline.classify.preprocess import PHASE_PAIR
+from pipeline.classify.verifier import CLASSES, MANIFEST_NAME, lesion_probability
+from pipeline.evaluate import auc
+from pipeline.train.classifier import FILES, LICENCE, NAMES, PAIR_COLOUR, _q, ag_logits, train_task
+from pipeline.train.classifier_data import CropSet
+from pipeline.train.verifier_data import merge
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0-phantom"
+TASK = "lesion"
+
+
+def split_by_case(data: CropSet, held_out_cases: int) -> tuple[CropSet, CropSet]:
+    cases = np.unique(data.case)
+    test_cases = cases[-held_out_cases:] if held_out_cases else cases[:0]
+    test = np.isin(data.case, test_cases)
+    pick = lambda m: CropSet(*(getattr(data, f)[m] for f in ("crops", "cls", "lesion", "phase", "case")))  # noqa: E731
+    return pick(~test), pick(test)
+
+
+def candidate_scores(logits: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(p(lesion), label) per candidate: each key's crops averaged as the pipeline averages a lesion's."""
+    uniq = np.unique(keys)
+    return (np.array([lesion_probability(logits[keys == k]) for k in uniq]),
+            np.array([labels[keys == k][0] for k in uniq]))
+
+
+def held_out_metrics(path: Path, sha: str, test: CropSet, depth: str, device: str, threshold: float) -> dict:
+    crops, labels, keys = test.for_task(TASK)
+    model = load_lilnet_checkpoint(path, sha, depth=depth).model.to(device)
+    p, y = candidate_scores(ag_logits(model, crops, device), labels, keys)
+    return {"candidates": len(y), "lesions": int(y.sum()), "auc": auc(p, y),
+            "lesion_recall": float((p[y == 1] >= threshold).mean()) if (y == 1).any() else float("nan"),
+            "false_candidates_rejected": float((p[y == 0] < threshold).mean()) if (y == 0).any() else float("nan")}
+
+
+def write_manifest(out: Path, r: dict, m: dict, args, command: str) -> Path:
+    lines = [
+        "# Lesion verifier (pipeline.classify.verifier): a second look at each detector candidate.",
+        "# Trained on synthetic phantoms only - NOT FOR CLINICAL USE.",
+        f"name = {_q(NAMES[TASK])}",
+        f"version = {_q(VERSION)}",
+        'task = "verification"',
+        f"architecture = {_q('lilnet-' + args.depth)}",
+        f"depth = {_q(args.depth)}",
+        f"width = {args.width}",
+        "classes = [" + ", ".join(_q(c) for c in CLASSES) + "]",
+        f"file = {_q(r['file'])}",
+        f"sha256 = {_q(r['sha256'])}",
+        f"stored_dtype = {_q(args.weight_dtype)}",
+        f"licence = {_q(LICENCE)}",
+        f"training_seed = {args.seed}",
+        f"command = {_q(command)}",
+        "",
+        "[thresholds]",
+        f"p_lesion = {args.threshold}  # a candidate is reported when p(lesion) reaches this",
+        "",
+        "[input]",
+        "size = [224, 224]",
+        f"mode = {_q(PHASE_PAIR)}",
+        f"colour = {_q(PAIR_COLOUR)}",
+        'crop_policy = "the classifiers\' crops of the candidate (pipeline.lesion_crops), logits averaged per candidate"',
+        "",
+        "[training_data]",
+        f"files = [{', '.join(_q(p.name) for p in args.data)}]",
+        'source = "pipeline.train.verifier_data: a detector\'s false candidates and jittered true lesion boxes"',
+        f"train_samples = {r['n_train']}",
+        f"epochs = {args.epochs}",
+        f"single_phase_fraction = {args.single_phase}",
+        f"initial_backbone = {_q(args.init_backbone.name if args.init_backbone else 'random (torchvision init)')}",
+        "",
+        f"[held_out]  # the last {args.held_out_cases} phantom cases of the data, per candidate, at p_lesion above",
+        f"candidates = {m['candidates']}",
+        f"lesions = {m['lesions']}",
+        f"auc = {m['auc']:.4f}",
+        f"lesion_recall = {m['lesion_recall']:.4f}",
+        f"false_candidates_rejected = {m['false_candidates_rejected']:.4f}",
+        "",
+    ]
+    path = out / MANIFEST_NAME
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.train.verifier", description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, nargs="+", required=True, help=".npz files from pipeline.train.verifier_data")
+    p.add_argument("--out", type=Path, required=True, help="weights directory to write")
+    p.add_argument("--held-out-cases", type=int, default=10)
+    p.add_argument("--threshold", type=float, default=0.5, help="p(lesion) written to the manifest")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--depth", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--weight-dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--init-backbone", type=Path, default=None, help="LiLNet checkpoint whose backbone starts training")
+    p.add_argument("--single-phase", type=float, default=0.35, help="fraction of training pairs given as one phase twice")
+    p.add_argument("--no-balance", dest="balance", action="store_false", help="no inverse-frequency class weights")
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    command = "python -m pipeline.train.verifier " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    train, test = split_by_case(merge([CropSet.load(p) for p in args.data]), args.held_out_cases)
+    log.info("data train=%d test=%d samples", len(train), len(test))
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    r = train_task(TASK, train, test, args, device, args.out)
+    m = held_out_metrics(args.out / FILES[TASK], r["sha256"], test, args.depth, device, args.threshold)
+    path = write_manifest(args.out, r, m, args, command)
+    log.info("RESULT %s %s manifest=%s wall=%.0fs", r, m, path, time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The lesion verifier: loading from its manifest, per-candidate probability, and its training data."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.classify.checkpoints import CheckpointMetadata, ModelLoadError, save_lilnet_checkpoint
+from pipeline.classify.lilnet import LiLNet
+from pipeline.classify.verifier import MANIFEST_NAME, LesionVerifier, lesion_probability
+from pipeline.detect.detector import Detection as Det
+from pipeline.phantom import render_case, sample_case
+from pipeline.train.classifier_data import BACKGROUND, PAIRED
+from pipeline.train.detector_data import ExportOptions, case_options
+from pipeline.train.verifier import candidate_scores, split_by_case, write_manifest
+from pipeline.train.verifier_data import case_samples, merge
+
+
+def test_lesion_probability_averages_logits_then_softmax():
+    logits = np.array([[0.0, 2.0], [0.0, -1.0]])  # mean [0, 0.5]
+    assert lesion_probability(logits) == pytest.approx(1 / (1 + np.exp(-0.5)))
+    assert lesion_probability(np.array([[5.0, -5.0]])) < 0.001
+
+
+def _weights(tmp_path, n_classes=2, threshold=0.4):
+    torch.manual_seed(0)
+    sha = save_lilnet_checkpoint(LiLNet(n_classes, depth="resnet18", width=16), tmp_path / "verifier.pth.tar",
+                                 CheckpointMetadata(epoch=0, auc=None, acc=None))
+    args = argparse.Namespace(depth="resnet18", width=16, weight_dtype="float32", seed=0, threshold=threshold,
+                              data=[tmp_path / "a.npz"], epochs=0, single_phase=0.35, init_backbone=None,
+                              held_out_cases=1)
+    metrics = {"candidates": 0, "lesions": 0, "auc": float("nan"), "lesion_recall": float("nan"),
+               "false_candidates_rejected": float("nan")}
+    write_manifest(tmp_path, {"file": "verifier.pth.tar", "sha256": sha, "n_train": 0}, metrics, args, "test")
+    return tmp_path
+
+
+def test_verifier_loads_from_the_manifest_the_trainer_writes(tmp_path):
+    verifier = LesionVerifier.from_manifest(_weights(tmp_path), device="cpu")
+    assert verifier.threshold == 0.4 and verifier.input_mode == "phase-pair" and verifier.name == "lesion-verifier"
+    pairs = np.random.default_rng(0).integers(0, 255, (3, 2, 224, 224), dtype=np.uint8)
+    logits = verifier.logits(pairs)
+    assert logits.shape == (3, 2) and np.isfinite(logits).all()
+    with pytest.raises(ValueError, match="uint8"):
+        verifier.logits(pairs.astype(np.float32))
+
+
+def test_verifier_refuses_a_model_with_the_wrong_class_count(tmp_path):
+    with pytest.raises(ModelLoadError, match="3 classes"):
+        LesionVerifier.from_manifest(_weights(tmp_path, n_classes=3), device="cpu")
+
+
+def test_verifier_refuses_a_manifest_without_threshold(tmp_path):
+    weights = _weights(tmp_path)
+    path = weights / MANIFEST_NAME
+    path.write_text(path.read_text().replace("p_lesion = 0.4", "other = 0.4"))
+    with pytest.raises(ModelLoadError, match="p_lesion"):
+        LesionVerifier.from_manifest(weights, device="cpu")
+
+
+class AirDetector:
+    """One box in the air outside the body on every slice: never a lesion."""
+
+    def detect(self, slices_u8):
+        return [[Det(4, 4, 20, 20, 0.6)] for _ in slices_u8]
+
+
+def test_training_samples_are_the_detector_mistakes_and_the_true_lesions():
+    opts = ExportOptions(seed=5, n_slices=8)
+    case = render_case(sample_case(5, 3, case_options(opts)))
+    crops, meta = case_samples(case, 3, AirDetector(), np.random.default_rng(0), min_conf=0.1, min_side=6,
+                               max_slices=4)
+    cls = np.array([m[0] for m in meta])
+    assert (cls == BACKGROUND).sum() == 2 * 8  # AP and PVP, every slice
+    lesion_slices = {}
+    for slice_boxes in case.boxes:
+        for b in slice_boxes:
+            if max(b.x2 - b.x1, b.y2 - b.y1) >= 6:
+                lesion_slices[b.lesion_id] = lesion_slices.get(b.lesion_id, 0) + 1
+    assert (cls != BACKGROUND).sum() == sum(min(n, 4) for n in lesion_slices.values())
+    assert all(np.shape(c) == (2, 224, 224) for c in crops) and {m[2] for m in meta} == {PAIRED}
+    # a window on air is black in both phases
+    air = np.stack([c for c, m in zip(crops, meta) if m[0] == BACKGROUND])
+    assert air[:, :, 100:124, 100:124].max() == 0
+
+
+def test_split_keeps_cases_whole_and_scores_per_candidate():
+    from pipeline.train.classifier_data import CropSet
+
+    n = 6
+    data = CropSet(np.zeros((n, 2, 4, 4), np.uint8), np.array([BACKGROUND, 0, 0, BACKGROUND, 3, 3]),
+                   np.array([-1, 7, 7, -2, 9, 9]), np.full(n, PAIRED), np.array([1, 1, 1, 2, 2, 2]))
+    train, test = split_by_case(merge([data]), held_out_cases=1)
+    assert set(train.case) == {1} and set(test.case) == {2}
+    crops, labels, keys = test.for_task("lesion")
+    assert labels.tolist() == [0, 1, 1]
+    p, y = candidate_scores(np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 3.0]]), labels, keys)
+    assert y.tolist() == [0, 1] and p[1] == pytest.approx(1 / (1 + np.exp(-2.0)))
+
+
+def test_evaluation_rescores_a_run_at_stricter_verifier_thresholds():
+    from pipeline.evaluate import at_p_lesion
+
+    results = {"s": {"lesions": [{"p_lesion": 0.2}, {"p_lesion": 0.7}, {"p_lesion": None}]}}
+    assert [les["p_lesion"] for les in at_p_lesion(results, 0.5)["s"]["lesions"]] == [0.7, None]
+    assert len(at_p_lesion(results, 0.0)["s"]["lesions"]) == 3
