@@ -88,6 +88,7 @@ def write_manifest(out: Path, r: dict, m: dict, args, command: str) -> Path:
         "[training_data]",
         f"files = [{', '.join(_q(p.name) for p in args.data)}]",
         'source = "pipeline.train.verifier_data: a detector\'s false candidates and jittered true lesion boxes"',
+        f"made_by = {_q(args.data_source)}",
         f"train_samples = {r['n_train']}",
         f"epochs = {args.epochs}",
         f"single_phase_fraction = {args.single_phase}",
@@ -110,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.train.verifier", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, nargs="+", required=True, help=".npz files from pipeline.train.verifier_data")
     p.add_argument("--out", type=Path, required=True, help="weights directory to write")
+    p.add_argument("--data-source", default="not recorded",
+                   help="how the --data files were made (their verifier_data commands), for the manifest")
     p.add_argument("--held-out-cases", type=int, default=10)
     p.add_argument("--threshold", type=float, default=0.5, help="p(lesion) written to the manifest")
     p.add_argument("--seed", type=int, default=0)

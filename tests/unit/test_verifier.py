@@ -30,7 +30,7 @@ def _weights(tmp_path, n_classes=2, threshold=0.4):
                                  CheckpointMetadata(epoch=0, auc=None, acc=None))
     args = argparse.Namespace(depth="resnet18", width=16, weight_dtype="float32", seed=0, threshold=threshold,
                               data=[tmp_path / "a.npz"], epochs=0, single_phase=0.35, init_backbone=None,
-                              held_out_cases=1)
+                              held_out_cases=1, data_source="test")
     metrics = {"candidates": 0, "lesions": 0, "auc": float("nan"), "lesion_recall": float("nan"),
                "false_candidates_rejected": float("nan")}
     write_manifest(tmp_path, {"file": "verifier.pth.tar", "sha256": sha, "n_train": 0}, metrics, args, "test")
@@ -92,7 +92,7 @@ def test_split_keeps_cases_whole_and_scores_per_candidate():
     n = 6
     data = CropSet(np.zeros((n, 2, 4, 4), np.uint8), np.array([BACKGROUND, 0, 0, BACKGROUND, 3, 3]),
                    np.array([-1, 7, 7, -2, 9, 9]), np.full(n, PAIRED), np.array([1, 1, 1, 2, 2, 2]))
-    train, test = split_by_case(merge([data]), held_out_cases=1)
+    train, test = split_by_case(merge([data]), held_out_cases=1, data_source="test")
     assert set(train.case) == {1} and set(test.case) == {2}
     crops, labels, keys = test.for_task("lesion")
     assert labels.tolist() == [0, 1, 1]
