@@ -92,7 +92,7 @@ def test_split_keeps_cases_whole_and_scores_per_candidate():
     n = 6
     data = CropSet(np.zeros((n, 2, 4, 4), np.uint8), np.array([BACKGROUND, 0, 0, BACKGROUND, 3, 3]),
                    np.array([-1, 7, 7, -2, 9, 9]), np.full(n, PAIRED), np.array([1, 1, 1, 2, 2, 2]))
-    train, test = split_by_case(merge([data]), held_out_cases=1, data_source="test")
+    train, test = split_by_case(merge([data]), held_out_cases=1)
     assert set(train.case) == {1} and set(test.case) == {2}
     crops, labels, keys = test.for_task("lesion")
     assert labels.tolist() == [0, 1, 1]
