@@ -49,6 +49,7 @@ class Classifier(Protocol):
 class Verifier(Protocol):
     input_mode: str
     threshold: float  # p(lesion) a candidate needs to be reported
+    candidate_conf: float | None  # the detector lesion_conf to use with this verifier (None: the detector's)
 
     def logits(self, crops_u8: np.ndarray) -> np.ndarray: ...  # [M, 2] background, lesion
 
@@ -144,6 +145,8 @@ class Analyzer:
 
         t = time.perf_counter()
         lesion_conf = float(getattr(self.detector, "lesion_conf", 0.0))
+        if self.verifier is not None and getattr(self.verifier, "candidate_conf", None) is not None:
+            lesion_conf = float(self.verifier.candidate_conf)  # the verifier decides below the detector's own
         for s, ls in loaded:
             boxes = [[Box2D(i, d.x1, d.y1, d.x2, d.y2, d.confidence) for d in dets]
                      for i, dets in enumerate(detections[s.series_uid])]

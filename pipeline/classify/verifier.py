@@ -6,7 +6,9 @@ two-class LiLNet (``background``, ``lesion``) on the classifier's own crops of t
 (phase pairs when its manifest says so), trained on a detector's candidates on phantoms that the
 detector never saw (``pipeline.train.verifier_data``). Its logits are averaged over a candidate's
 crops, as the classifiers' are, and the candidate is kept when p(lesion) reaches the manifest's
-``threshold``. This is the false-positive-reduction stage of two-stage detectors (it is not part
+``threshold``. With a verifier the detector proposes candidates down to the verifier manifest's
+``candidate_conf`` (in place of the detector manifest's ``lesion_conf``, which stays the
+threshold for running without one). This is the false-positive-reduction stage of two-stage detectors (it is not part
 of LiLNet); without ``verifier.manifest.toml`` in the weights folder the pipeline has none, as
 with the published LiLNet weights.
 """
@@ -27,7 +29,7 @@ CLASSES = ("background", "lesion")
 
 class LesionVerifier:
     def __init__(self, model: torch.nn.Module, *, name: str, version: str, sha256: str, threshold: float,
-                 input_mode: str = PHASE_PAIR, device: str | None = None) -> None:
+                 candidate_conf: float | None = None, input_mode: str = PHASE_PAIR, device: str | None = None) -> None:
         if input_mode not in (GREY, PHASE_PAIR):
             raise ModelLoadError(f"verifier input mode {input_mode!r}; expected {GREY!r} or {PHASE_PAIR!r}")
         if not 0.0 <= threshold <= 1.0:
@@ -36,6 +38,7 @@ class LesionVerifier:
         self._model = model.to(self.device).eval()
         self.name, self.version, self.sha256 = name, version, sha256
         self.threshold = threshold
+        self.candidate_conf = candidate_conf  # detector lesion_conf to use with this verifier (None: the detector's)
         self.input_mode = input_mode
 
     @classmethod
@@ -48,6 +51,8 @@ class LesionVerifier:
         try:
             classes = tuple(entry["classes"])
             threshold = float(entry["thresholds"]["p_lesion"])
+            candidate_conf = entry["thresholds"].get("candidate_conf")
+            candidate_conf = None if candidate_conf is None else float(candidate_conf)
             file, sha = str(entry["file"]), str(entry["sha256"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path.name}: file, sha256, classes and [thresholds] p_lesion are required "
@@ -59,6 +64,7 @@ class LesionVerifier:
             raise ModelLoadError(f"{file}: {loaded.n_classes} classes, expected {len(CLASSES)}")
         return cls(loaded.model, name=str(entry.get("name", "lesion-verifier")),
                    version=str(entry.get("version", "unknown")), sha256=loaded.sha256, threshold=threshold,
+                   candidate_conf=candidate_conf,
                    input_mode=str(entry.get("input", {}).get("mode", PHASE_PAIR)), device=device)
 
     @torch.no_grad()

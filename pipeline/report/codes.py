@@ -42,6 +42,12 @@ class CodeTable:
             raise CodeTableError(f"no code for lesion class {cls!r} in {CODES_FILE}")
         return self.classes[cls]
 
+    @property
+    def lesion_probability(self) -> CodedConcept:
+        """The lesion verifier's p(lesion): how sure the node is that the finding is a lesion at all."""
+        return CodedConcept(value="P-LESION", scheme_designator=PRIVATE_SCHEME,
+                            meaning="Probability that the finding is a lesion")
+
     def class_probability(self, cls: str) -> CodedConcept:
         return CodedConcept(value=f"P-{cls}", scheme_designator=PRIVATE_SCHEME,
                             meaning=f"Probability of {self.finding(cls).meaning}"[:64])

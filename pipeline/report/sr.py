@@ -118,6 +118,8 @@ def _lesion_group(study_uid: str, r: LesionResult, source: Mapping[str, Dataset]
                     algorithm_id=alg),
         *_probabilities(d, table, alg),
     ]
+    if r.p_lesion is not None:
+        measurements.append(_probability(table.lesion_probability, r.p_lesion, table, alg))
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=tracking_uid(study_uid, les.index),
                                                identifier=f"Lesion {les.index}"),

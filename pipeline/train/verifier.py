@@ -78,6 +78,7 @@ def write_manifest(out: Path, r: dict, m: dict, args, command: str) -> Path:
         "",
         "[thresholds]",
         f"p_lesion = {args.threshold}  # a candidate is reported when p(lesion) reaches this",
+        f"candidate_conf = {args.candidate_conf}  # the detector lesion_conf with this verifier (candidates)",
         "",
         "[input]",
         "size = [224, 224]",
@@ -115,6 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how the --data files were made (their verifier_data commands), for the manifest")
     p.add_argument("--held-out-cases", type=int, default=10)
     p.add_argument("--threshold", type=float, default=0.5, help="p(lesion) written to the manifest")
+    p.add_argument("--candidate-conf", type=float, default=0.1,
+                   help="detector lesion_conf written to the manifest: candidates the verifier is asked about")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)

@@ -178,3 +178,17 @@ def test_grad_cam_on_tiny_lilnet():
     cam = grad_cam(model, torch.randn(1, 3, 224, 224), 1)
     assert cam.shape == (224, 224)
     assert cam.min() >= 0.0 and cam.max() <= 1.0 and cam.max() > cam.min()
+
+
+def test_sr_carries_the_verifier_probability_when_there_is_one(study, tmp_path):
+    from dataclasses import replace
+
+    result, headers, _ = study
+    verified = StudyResult(**{**result.__dict__, "lesions": [replace(result.lesions[0], p_lesion=0.93)]})
+    for r, expected in ((result, None), (verified, 0.93)):
+        path = _write(build_sr(r, headers), tmp_path / "sr.dcm")
+        (group,) = _groups(hd.sr.srread(path))
+        values = {m.name.value: m.value for m in group.get_measurements()}
+        assert values.get("P-LESION") == (None if expected is None else pytest.approx(expected))
+        if shutil.which("dciodvfy"):
+            _dciodvfy(path)

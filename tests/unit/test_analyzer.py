@@ -180,6 +180,19 @@ def test_verifier_rejects_the_false_candidate_and_keeps_the_lesion(phantom):
     assert result.to_dict()["lesions"][0]["p_lesion"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_with_a_verifier_the_detector_proposes_down_to_its_candidate_conf(phantom):
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = study_inputs(series, PhaseRules())
+    oracle = _oracle(out)  # every box at confidence 0.9
+    oracle.lesion_conf = 0.95  # alone, the detector would report nothing
+    verifier = BrightCentreVerifier()
+    verifier.candidate_conf = 0.85
+    assert len(Analyzer(oracle, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions) == 1
+    verifier.candidate_conf = None  # no candidate_conf in its manifest: the detector's own threshold holds
+    assert Analyzer(oracle, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions == []
+
+
 def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
     out, study = phantom
     analyzer = Analyzer(_oracle(out), FixedClassifier(), [])

@@ -29,6 +29,7 @@ def _weights(tmp_path, n_classes=2, threshold=0.4):
     sha = save_lilnet_checkpoint(LiLNet(n_classes, depth="resnet18", width=16), tmp_path / "verifier.pth.tar",
                                  CheckpointMetadata(epoch=0, auc=None, acc=None))
     args = argparse.Namespace(depth="resnet18", width=16, weight_dtype="float32", seed=0, threshold=threshold,
+                              candidate_conf=0.2,
                               data=[tmp_path / "a.npz"], epochs=0, single_phase=0.35, init_backbone=None,
                               held_out_cases=1, data_source="test")
     metrics = {"candidates": 0, "lesions": 0, "auc": float("nan"), "lesion_recall": float("nan"),
@@ -39,7 +40,8 @@ def _weights(tmp_path, n_classes=2, threshold=0.4):
 
 def test_verifier_loads_from_the_manifest_the_trainer_writes(tmp_path):
     verifier = LesionVerifier.from_manifest(_weights(tmp_path), device="cpu")
-    assert verifier.threshold == 0.4 and verifier.input_mode == "phase-pair" and verifier.name == "lesion-verifier"
+    assert verifier.threshold == 0.4 and verifier.candidate_conf == 0.2
+    assert verifier.input_mode == "phase-pair" and verifier.name == "lesion-verifier"
     pairs = np.random.default_rng(0).integers(0, 255, (3, 2, 224, 224), dtype=np.uint8)
     logits = verifier.logits(pairs)
     assert logits.shape == (3, 2) and np.isfinite(logits).all()
