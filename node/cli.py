@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-conf-sweep", metavar="T1,T2,...",
                    help="instead: lesion detection at IoU 0.1 for each detector lesion_conf (run at a lower one)")
     p.add_argument("--p-lesion-sweep", metavar="P1,P2,...",
-                   help="with --lesion-conf-sweep: also each lesion-verifier threshold (run with threshold 0)")
+                   help="with --lesion-conf-sweep: also each lesion-verifier threshold (a run at p_lesion 0); "
+                        "a lesion then stays when it reaches the lesion_conf or the p_lesion")
 
     p = sub.add_parser("phantom", help="write synthetic multiphase liver CT studies with ground truth", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)

@@ -49,7 +49,7 @@ class Classifier(Protocol):
 class Verifier(Protocol):
     input_mode: str
     threshold: float  # p(lesion) a candidate needs to be reported
-    candidate_conf: float | None  # the detector lesion_conf to use with this verifier (None: the detector's)
+    candidate_conf: float | None  # the lowest detector confidence it is asked about (None: the detector's lesion_conf)
 
     def logits(self, crops_u8: np.ndarray) -> np.ndarray: ...  # [M, 2] background, lesion
 
@@ -144,9 +144,11 @@ class Analyzer:
         result.timings_s["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        lesion_conf = float(getattr(self.detector, "lesion_conf", 0.0))
+        # A lesion the detector is sure of on its own (lesion_conf) is reported whatever the verifier says;
+        # with a verifier, tracks down to its candidate_conf are proposed and it decides on those below.
+        accept_conf = lesion_conf = float(getattr(self.detector, "lesion_conf", 0.0))
         if self.verifier is not None and getattr(self.verifier, "candidate_conf", None) is not None:
-            lesion_conf = float(self.verifier.candidate_conf)  # the verifier decides below the detector's own
+            lesion_conf = min(lesion_conf, float(self.verifier.candidate_conf))
         for s, ls in loaded:
             boxes = [[Box2D(i, d.x1, d.y1, d.x2, d.y2, d.confidence) for d in dets]
                      for i, dets in enumerate(detections[s.series_uid])]
@@ -186,7 +188,7 @@ class Analyzer:
             p_lesion = None
             if verified is not None:
                 p_lesion = lesion_probability(verified[rows])
-                if p_lesion < self.verifier.threshold:
+                if p_lesion < self.verifier.threshold and max(v.confidence for v in lesion.views) < accept_conf:
                     rejected += 1
                     continue
             reported.append(rows)

@@ -255,22 +255,26 @@ def at_lesion_conf(results: dict[str, dict], lesion_conf: float) -> dict[str, di
     return out
 
 
-def at_p_lesion(results: dict[str, dict], p_lesion: float) -> dict[str, dict]:
-    """Results as a stricter lesion-verifier threshold would have left them (lesions without a
-    verifier probability stay). Exact when the run's own threshold was at or below ``p_lesion``."""
-    return {uid: {**res, "lesions": [les for les in res["lesions"]
-                                     if les.get("p_lesion") is None or les["p_lesion"] >= p_lesion]}
-            for uid, res in results.items()}
+def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 2.0) -> dict[str, dict]:
+    """Results as a stricter lesion-verifier threshold would have left them: a lesion stays when its
+    p(lesion) reaches ``p_lesion``, when a view's detector confidence reaches ``accept_conf`` (the
+    detector's lesion_conf, which the verifier cannot overrule), or when it has no verifier
+    probability. Exact when the run's own threshold was at or below ``p_lesion``."""
+    def keep(les: dict) -> bool:
+        return (les.get("p_lesion") is None or les["p_lesion"] >= p_lesion
+                or max((v["detector_confidence"] or 0.0) for v in les["views"]) >= accept_conf)
+    return {uid: {**res, "lesions": [les for les in res["lesions"] if keep(les)]} for uid, res in results.items()}
 
 
 def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth], thresholds: list[float],
                       p_lesions: list[float] | None = None) -> dict:
-    """Lesion-level detection at IoU 0.1 for each candidate ``lesion_conf`` (pick it on validation data);
-    with ``p_lesions``, for each (lesion_conf, verifier threshold) pair instead."""
+    """Lesion-level detection at IoU 0.1 for each candidate ``lesion_conf`` (pick it on validation data).
+    With ``p_lesions`` (a run with a verifier at p_lesion 0): for each (lesion_conf, p_lesion) pair, the
+    run's candidates kept as the analyzer keeps them (confidence >= lesion_conf, or p(lesion) >= p_lesion)."""
     results = load_results(results_dir)
     if p_lesions is None:
         return {t: detection_metrics(at_lesion_conf(results, t), truths)["iou_0.1"] for t in thresholds}
-    return {(t, p): detection_metrics(at_p_lesion(at_lesion_conf(results, t), p), truths)["iou_0.1"]
+    return {(t, p): detection_metrics(at_p_lesion(results, p, accept_conf=t), truths)["iou_0.1"]
             for t in thresholds for p in p_lesions}
 
 

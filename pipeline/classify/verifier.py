@@ -5,12 +5,13 @@ lesions; at that confidence it also reports vessels, fissures and noise. The ver
 two-class LiLNet (``background``, ``lesion``) on the classifier's own crops of the candidate
 (phase pairs when its manifest says so), trained on a detector's candidates on phantoms that the
 detector never saw (``pipeline.train.verifier_data``). Its logits are averaged over a candidate's
-crops, as the classifiers' are, and the candidate is kept when p(lesion) reaches the manifest's
-``threshold``. With a verifier the detector proposes candidates down to the verifier manifest's
-``candidate_conf`` (in place of the detector manifest's ``lesion_conf``, which stays the
-threshold for running without one). This is the false-positive-reduction stage of two-stage detectors (it is not part
-of LiLNet); without ``verifier.manifest.toml`` in the weights folder the pipeline has none, as
-with the published LiLNet weights.
+crops, as the classifiers' are. It only ever adds lesions to what the detector reports alone: a
+candidate that reaches the detector manifest's ``lesion_conf`` is reported whatever the verifier
+says (a veto lost large, confident lesions in trials), and one between the verifier manifest's
+``candidate_conf`` and that is reported when p(lesion) reaches ``p_lesion``. This is the
+false-positive-reduction stage of two-stage detectors (it is not part of LiLNet); without
+``verifier.manifest.toml`` in the weights folder the pipeline has none, as with the published
+LiLNet weights.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class LesionVerifier:
         self._model = model.to(self.device).eval()
         self.name, self.version, self.sha256 = name, version, sha256
         self.threshold = threshold
-        self.candidate_conf = candidate_conf  # detector lesion_conf to use with this verifier (None: the detector's)
+        self.candidate_conf = candidate_conf  # lowest detector confidence it is asked about (None: detector's lesion_conf)
         self.input_mode = input_mode
 
     @classmethod

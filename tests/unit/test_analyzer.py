@@ -165,11 +165,19 @@ def test_verifier_rejects_the_false_candidate_and_keeps_the_lesion(phantom):
     out, _ = phantom
     (study_uid, series), = scan_studies(out).items()
     inputs = study_inputs(series, PhaseRules())
-    detector = OracleAndAirDetector(_oracle(out).boxes)
+    detector = OracleAndAirDetector(_oracle(out).boxes)  # every box at 0.9
     classifier = FixedClassifier()
     unverified = Analyzer(detector, classifier, []).run_study(study_uid, inputs)
     assert len(unverified.lesions) == 2 and all(les.p_lesion is None for les in unverified.lesions)
-    result = Analyzer(detector, classifier, [], verifier=BrightCentreVerifier()).run_study(study_uid, inputs)
+    verifier = BrightCentreVerifier()
+    verifier.candidate_conf = 0.5
+    # candidates the detector is sure of on its own are reported whatever the verifier says
+    detector.lesion_conf = 0.85
+    sure = Analyzer(detector, classifier, [], verifier=verifier).run_study(study_uid, inputs)
+    assert sorted(round(les.p_lesion, 3) for les in sure.lesions) == [0.0, 1.0]
+    # below the detector's lesion_conf, the verifier decides
+    detector.lesion_conf = 0.95
+    result = Analyzer(detector, classifier, [], verifier=verifier).run_study(study_uid, inputs)
     (kept,) = result.lesions
     truth = json.loads(next(out.rglob("labels.json")).read_text())["lesions"][0]
     assert np.linalg.norm(np.subtract(kept.lesion.center_mm, truth["centre_mm"])) < 10.0
@@ -237,13 +245,17 @@ def test_evaluate_command_sweeps_detector_and_verifier_thresholds(phantom, tmp_p
     out, _ = phantom
     (study_uid, series), = scan_studies(out).items()
     detector = OracleAndAirDetector(_oracle(out).boxes)
+    detector.lesion_conf = 0.95
     analyzer = Analyzer(detector, FixedClassifier(), [], verifier=BrightCentreVerifier())
+    analyzer.verifier.candidate_conf = 0.5
     analyzer.verifier.threshold = 0.0  # keep every candidate with its probability, as a sweep run does
     assert run_folder(analyzer, out, tmp_path / "results") == 0
     capsys.readouterr()  # the run's own summary lines
-    assert main(["evaluate", str(tmp_path / "results"), "--truth", str(out), "--lesion-conf-sweep", "0.5",
+    assert main(["evaluate", str(tmp_path / "results"), "--truth", str(out), "--lesion-conf-sweep", "0.5,0.95",
                  "--p-lesion-sweep", "0.0,0.5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("lesion_conf 0.50 p_lesion 0.00: lesion_recall=1.000 lesion_precision=0.500")
-    assert lines[1].startswith("lesion_conf 0.50 p_lesion 0.50: lesion_recall=1.000 lesion_precision=1.000")
-    assert "false_lesions_per_case=0.00" in lines[1]
+    # at lesion_conf 0.5 the detector alone keeps both candidates (0.9); at 0.95 the verifier decides
+    assert lines[1].startswith("lesion_conf 0.50 p_lesion 0.50: lesion_recall=1.000 lesion_precision=0.500")
+    assert lines[2].startswith("lesion_conf 0.95 p_lesion 0.00: lesion_recall=1.000 lesion_precision=0.500")
+    assert lines[3].startswith("lesion_conf 0.95 p_lesion 0.50: lesion_recall=1.000 lesion_precision=1.000")
+    assert "false_lesions_per_case=0.00" in lines[3]

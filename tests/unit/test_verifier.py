@@ -105,6 +105,11 @@ def test_split_keeps_cases_whole_and_scores_per_candidate():
 def test_evaluation_rescores_a_run_at_stricter_verifier_thresholds():
     from pipeline.evaluate import at_p_lesion
 
-    results = {"s": {"lesions": [{"p_lesion": 0.2}, {"p_lesion": 0.7}, {"p_lesion": None}]}}
+    def lesion(p, conf):
+        return {"p_lesion": p, "views": [{"detector_confidence": conf}]}
+
+    results = {"s": {"lesions": [lesion(0.2, 0.3), lesion(0.7, 0.3), lesion(None, 0.3), lesion(0.1, 0.9)]}}
     assert [les["p_lesion"] for les in at_p_lesion(results, 0.5)["s"]["lesions"]] == [0.7, None]
-    assert len(at_p_lesion(results, 0.0)["s"]["lesions"]) == 3
+    # a lesion the detector reports on its own (confidence >= its lesion_conf) stays whatever its p(lesion)
+    assert [les["p_lesion"] for les in at_p_lesion(results, 0.5, accept_conf=0.8)["s"]["lesions"]] == [0.7, None, 0.1]
+    assert len(at_p_lesion(results, 0.0)["s"]["lesions"]) == 4
