@@ -80,8 +80,7 @@ class Analyzer:
         detector = LesionDetector.from_manifest(weights_dir, device=device)
         classifier = LesionClassifier.from_manifest(weights_dir, device=device)
         models = [ModelInfo(detector.name, detector.version, detector.sha256)]
-        models += [ModelInfo(n, v, h) for n, v, h in zip(classifier.names.values(), classifier.versions.values(),
-                                                          classifier.sha256s.values())]
+        models += [ModelInfo(classifier.names[k], classifier.versions[k], classifier.sha256s[k]) for k in classifier.names]
         verifier = None
         if (Path(weights_dir) / verifier_module.MANIFEST_NAME).is_file():
             verifier = verifier_module.LesionVerifier.from_manifest(weights_dir, device=device)
@@ -182,13 +181,18 @@ class Analyzer:
         rejected = 0
         for lesion in lesions:
             rows = np.flatnonzero(owners_arr == lesion.index) if owners else np.array([], dtype=int)
+            unsure = self.verifier is not None and max(v.confidence for v in lesion.views) < accept_conf
             if rows.size == 0:
-                result.notes.append(f"lesion {lesion.index} too small to classify ({lesion.primary.long_axis_mm:.1f} mm)")
+                if unsure:  # a candidate for the verifier with nothing it could look at
+                    rejected += 1
+                else:
+                    result.notes.append(f"lesion {lesion.index} too small to classify "
+                                        f"({lesion.primary.long_axis_mm:.1f} mm)")
                 continue
             p_lesion = None
             if verified is not None:
                 p_lesion = lesion_probability(verified[rows])
-                if p_lesion < self.verifier.threshold and max(v.confidence for v in lesion.views) < accept_conf:
+                if unsure and p_lesion < self.verifier.threshold:
                     rejected += 1
                     continue
             reported.append(rows)
