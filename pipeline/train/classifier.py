@@ -184,6 +184,22 @@ def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def checkpoint_lines(args, classes, r: dict, command: str) -> list[str]:
+    """The manifest lines that describe one trained LiLNet file (shared by the classifiers and the verifier)."""
+    return [
+        f"architecture = {_q('lilnet-' + args.depth)}",
+        f"depth = {_q(args.depth)}",
+        f"width = {args.width}  # backbone base width (torchvision: 64); the loader reads it from conv1",
+        "classes = [" + ", ".join(_q(c) for c in classes) + "]",
+        f"file = {_q(r['file'])}",
+        f"sha256 = {_q(r['sha256'])}",
+        f"stored_dtype = {_q(args.weight_dtype)}",
+        f"licence = {_q(LICENCE)}",
+        f"training_seed = {args.seed}",
+        f"command = {_q(command)}",
+    ]
+
+
 def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
     lines = ["# LiLNet-architecture lesion classifiers trained on synthetic phantoms (pipeline.train.classifier).", ""]
     for r in results:
@@ -193,16 +209,7 @@ def write_manifest(out: Path, results: list[dict], args, command: str) -> Path:
             f"name = {_q(NAMES[task])}",
             f"version = {_q(VERSION)}",
             f"task = {_q(task)}",
-            f"architecture = {_q('lilnet-' + args.depth)}",
-            f"depth = {_q(args.depth)}",
-            f"width = {args.width}  # backbone base width (torchvision: 64); the loader reads it from conv1",
-            "classes = [" + ", ".join(_q(c) for c in TASKS[task]) + "]",
-            f"file = {_q(r['file'])}",
-            f"sha256 = {_q(r['sha256'])}",
-            f"stored_dtype = {_q(args.weight_dtype)}",
-            f"licence = {_q(LICENCE)}",
-            f"training_seed = {args.seed}",
-            f"command = {_q(command)}",
+            *checkpoint_lines(args, TASKS[task], r, command),
             "",
             f"[{task}.input]",
             "size = [224, 224]",

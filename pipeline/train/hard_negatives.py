@@ -55,6 +55,19 @@ def load(path: Path) -> tuple[HardNegative, ...]:
     return tuple(HardNegative(**h) for h in json.loads(Path(path).read_text())["hard_negatives"])
 
 
+def detector_and_cases(args: argparse.Namespace):
+    """What the mining commands share at start: logging, torch threads, the detector of ``--weights``
+    and the ``--cases START:STOP`` range."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    from pipeline.detect.detector import LesionDetector
+
+    torch.set_num_threads(args.threads)
+    start, stop = (int(v) for v in args.cases.split(":"))
+    return LesionDetector.from_manifest(args.weights, device=None), range(start, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.train.hard_negatives", description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, required=True, help="folder with detector.pt and its manifest")
@@ -64,15 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import torch
-
-    from pipeline.detect.detector import LesionDetector
-
-    torch.set_num_threads(args.threads)
-    start, stop = (int(v) for v in args.cases.split(":"))
-    detector = LesionDetector.from_manifest(args.weights, device=None)
-    found = mine(detector, ExportOptions(seed=args.seed), range(start, stop), args.min_conf)
+    detector, cases = detector_and_cases(args)
+    found = mine(detector, ExportOptions(seed=args.seed), cases, args.min_conf)
     save(args.out, found, {"weights_sha256": detector.sha256, "seed": args.seed, "cases": args.cases,
                            "min_conf": args.min_conf})
     confs = np.array([h.confidence for h in found])

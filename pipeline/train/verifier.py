@@ -24,7 +24,7 @@ from pipeline.classify.checkpoints import load_lilnet_checkpoint
 from pipeline.classify.preprocess import PHASE_PAIR
 from pipeline.classify.verifier import CLASSES, MANIFEST_NAME, lesion_probability
 from pipeline.evaluate import auc
-from pipeline.train.classifier import FILES, LICENCE, NAMES, PAIR_COLOUR, _q, ag_logits, train_task
+from pipeline.train.classifier import FILES, NAMES, PAIR_COLOUR, _q, ag_logits, checkpoint_lines, train_task
 from pipeline.train.classifier_data import CropSet
 from pipeline.train.verifier_data import merge
 
@@ -65,16 +65,7 @@ def write_manifest(out: Path, r: dict, m: dict, args, command: str) -> Path:
         f"name = {_q(NAMES[TASK])}",
         f"version = {_q(VERSION)}",
         'task = "verification"',
-        f"architecture = {_q('lilnet-' + args.depth)}",
-        f"depth = {_q(args.depth)}",
-        f"width = {args.width}",
-        "classes = [" + ", ".join(_q(c) for c in CLASSES) + "]",
-        f"file = {_q(r['file'])}",
-        f"sha256 = {_q(r['sha256'])}",
-        f"stored_dtype = {_q(args.weight_dtype)}",
-        f"licence = {_q(LICENCE)}",
-        f"training_seed = {args.seed}",
-        f"command = {_q(command)}",
+        *checkpoint_lines(args, CLASSES, r, command),
         "",
         "[thresholds]",
         f"p_lesion = {args.threshold}  # a candidate is reported when p(lesion) reaches this",

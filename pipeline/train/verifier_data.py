@@ -26,11 +26,10 @@ import numpy as np
 
 from pipeline.classify.preprocess import crop_around_box
 from pipeline.imaging import window_u8
-from pipeline.lesions import box_iou
 from pipeline.phantom import render_case, sample_case
 from pipeline.train.classifier_data import ALL_CLASSES, BACKGROUND, PAIRED, CropSet, jitter_box, shift_box
 from pipeline.train.detector_data import PHASES, ExportOptions, case_options
-from pipeline.train.hard_negatives import false_boxes
+from pipeline.train.hard_negatives import detector_and_cases, false_boxes
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help=".npz to write")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import torch
-
-    from pipeline.detect.detector import LesionDetector
-
-    torch.set_num_threads(args.threads)
-    start, stop = (int(v) for v in args.cases.split(":"))
-    detector = LesionDetector.from_manifest(args.weights, device=None)
-    data = build(detector, args.seed, range(start, stop), min_conf=args.min_conf)
+    detector, cases = detector_and_cases(args)
+    data = build(detector, args.seed, cases, min_conf=args.min_conf)
     data.save(args.out)
     log.info("wrote %s: %d samples, %d negatives", args.out, len(data), int((data.cls == BACKGROUND).sum()))
     return 0
