@@ -146,7 +146,7 @@ class Analyzer:
         # A lesion the detector is sure of on its own (lesion_conf) is reported whatever the verifier says;
         # with a verifier, tracks down to its candidate_conf are proposed and it decides on those below.
         accept_conf = lesion_conf = float(getattr(self.detector, "lesion_conf", 0.0))
-        if self.verifier is not None and getattr(self.verifier, "candidate_conf", None) is not None:
+        if self.verifier is not None and self.verifier.candidate_conf is not None:
             lesion_conf = min(lesion_conf, float(self.verifier.candidate_conf))
         for s, ls in loaded:
             boxes = [[Box2D(i, d.x1, d.y1, d.x2, d.y2, d.confidence) for d in dets]

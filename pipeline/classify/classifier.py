@@ -32,6 +32,15 @@ MANIFEST_NAME = "classifiers.manifest.toml"
 INPUT_MODES = (GREY, PHASE_PAIR)
 
 
+@torch.no_grad()
+def ag_logits(model: torch.nn.Module, crops_u8: np.ndarray, device: str, batch_size: int = 32) -> np.ndarray:
+    """One LiLNet's AG logits [M, N] of uint8 crops or phase pairs, in batches (M >= 1)."""
+    model.eval()
+    outs = [model.aggregated_logits(classifier_input(crops_u8[i:i + batch_size]).to(device)).float().cpu()
+            for i in range(0, len(crops_u8), batch_size)]
+    return torch.cat(outs).numpy()
+
+
 class LesionClassifier:
     def __init__(self, models: Mapping[str, LoadedClassifier], names: Mapping[str, str],
                  versions: Mapping[str, str], device: str | None = None, input_mode: str = GREY) -> None:

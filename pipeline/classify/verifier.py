@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from pipeline.classify.checkpoints import ModelLoadError, load_lilnet_checkpoint
-from pipeline.classify.preprocess import GREY, PHASE_PAIR, classifier_input
+from pipeline.classify.classifier import ag_logits
+from pipeline.classify.preprocess import GREY, PHASE_PAIR
 
 MANIFEST_NAME = "verifier.manifest.toml"
 CLASSES = ("background", "lesion")
@@ -74,9 +75,9 @@ class LesionVerifier:
         crops = np.asarray(crops_u8)
         if crops.dtype != np.uint8 or crops.ndim not in (3, 4):
             raise ValueError(f"crops must be uint8 [M,H,W] or [M,2,H,W], got {crops.dtype} {crops.shape}")
-        outs = [self._model.aggregated_logits(classifier_input(crops[i:i + batch_size]).to(self.device))
-                .float().cpu().numpy() for i in range(0, len(crops), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, len(CLASSES)), np.float32)
+        if not len(crops):
+            return np.zeros((0, len(CLASSES)), np.float32)
+        return ag_logits(self._model, crops, self.device, batch_size)
 
 
 def lesion_probability(logits: np.ndarray) -> float:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.classify.checkpoints import CheckpointMetadata, load_lilnet_checkpoint, save_lilnet_checkpoint
+from pipeline.classify.classifier import ag_logits
 from pipeline.classify.lilnet import N_TRANSFORMS, LiLNet, aggregate_ag
 from pipeline.classify.preprocess import GREY, PHASE_PAIR, classifier_input
 from pipeline.phantom import LesionClass
@@ -98,14 +99,6 @@ def train_step(model: LiLNet, optimizer: torch.optim.Optimizer, crops_u8: np.nda
     loss.backward()
     optimizer.step()
     return float(loss.detach())
-
-
-@torch.no_grad()
-def ag_logits(model: LiLNet, crops_u8: np.ndarray, device: str, batch_size: int = 32) -> np.ndarray:
-    model.eval()
-    outs = [model.aggregated_logits(classifier_input(crops_u8[i:i + batch_size]).to(device)).float().cpu()
-            for i in range(0, len(crops_u8), batch_size)]
-    return torch.cat(outs).numpy()
 
 
 def accuracies(logits: np.ndarray, labels: np.ndarray, lesions: np.ndarray) -> tuple[float, float, int]:

@@ -154,6 +154,7 @@ class BrightCentreVerifier:
 
     input_mode = "phase-pair"
     threshold = 0.5
+    candidate_conf = None
 
     def logits(self, crops):
         assert crops.shape[1:] == (2, 224, 224)
