@@ -27,9 +27,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.liver-node-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
+  # --no-cache-dir: the CUDA build of torch is ~5.5 GB installed; a second copy in pip's cache
+  # is what a nearly full disk cannot afford.
+  .venv/bin/python -m pip install -q --no-cache-dir --upgrade pip
   # torch/torchvision are pinned in pyproject.toml (CUDA build; runs on CPU too).
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q --no-cache-dir -e '.[test]'
   touch "$stamp"
 fi
 
