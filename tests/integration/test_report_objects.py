@@ -118,9 +118,6 @@ def test_objects_validate_and_round_trip(study, tmp_path):
         assert sc.SeriesInstanceUID not in {h.SeriesInstanceUID for h in headers.values()}
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == view.key_sop_instance_uid
         assert "PatientName" not in sc or str(sc.PatientName) == str(headers[view.key_sop_instance_uid].PatientName)
-    from PIL import Image
-    Image.fromarray(objs[1].pixel_array).save("/tmp/liver_node_lesion_sc.png")
-    Image.fromarray(objs[2].pixel_array).save("/tmp/liver_node_case_sc.png")
 
 
 def m_code(group, meaning: str) -> str:
