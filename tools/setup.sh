@@ -27,6 +27,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.liver-node-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ "${free_kb:-0}" -lt $((7 * 1024 * 1024)) ]; then
+    echo "setup: warning: $((free_kb / 1024)) MiB free here; the virtualenv needs about 6 GiB (CUDA build of torch)" >&2
+  fi
   # --no-cache-dir: the CUDA build of torch is ~5.5 GB installed; a second copy in pip's cache
   # is what a nearly full disk cannot afford.
   .venv/bin/python -m pip install -q --no-cache-dir --upgrade pip
