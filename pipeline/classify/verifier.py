@@ -69,7 +69,6 @@ class LesionVerifier:
                    candidate_conf=candidate_conf,
                    input_mode=str(entry.get("input", {}).get("mode", PHASE_PAIR)), device=device)
 
-    @torch.no_grad()
     def logits(self, crops_u8: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """AG logits [M, 2] of crops [M,H,W] or phase pairs [M,2,H,W] (uint8)."""
         crops = np.asarray(crops_u8)

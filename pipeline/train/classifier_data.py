@@ -16,7 +16,7 @@ M: 0 HCC, 1 ICC, 2 MET.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,14 @@ class CropSet:
 
     def __len__(self) -> int:
         return int(self.crops.shape[0])
+
+    def take(self, rows: np.ndarray) -> "CropSet":
+        """The samples at ``rows`` (indices or a boolean mask), every field alike."""
+        return CropSet(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @classmethod
+    def concat(cls, sets: "list[CropSet]") -> "CropSet":
+        return cls(*(np.concatenate([getattr(s, f.name) for s in sets]) for f in fields(cls)))
 
     def for_task(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(crops, labels, lesion keys) of the crops that belong to ``task``."""

@@ -54,8 +54,7 @@ def evaluate_weights(weights_dir: Path, seed: int, cases_per_class: int, cache: 
             scores[f"{phase} only"] = score(clf.logits(np.ascontiguousarray(data.crops[:, index])), data)
         else:
             rows = np.flatnonzero(data.phase == index)
-            scores[f"{phase} only"] = score(clf.logits(data.crops[rows]), CropSet(
-                data.crops[rows], data.cls[rows], data.lesion[rows], data.phase[rows], data.case[rows]))
+            scores[f"{phase} only"] = score(clf.logits(data.crops[rows]), data.take(rows))
     return scores
 
 

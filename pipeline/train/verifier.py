@@ -26,7 +26,6 @@ from pipeline.classify.verifier import CLASSES, MANIFEST_NAME, lesion_probabilit
 from pipeline.evaluate import auc
 from pipeline.train.classifier import FILES, NAMES, PAIR_COLOUR, _q, ag_logits, checkpoint_lines, train_task
 from pipeline.train.classifier_data import CropSet
-from pipeline.train.verifier_data import merge
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ def split_by_case(data: CropSet, held_out_cases: int) -> tuple[CropSet, CropSet]
     cases = np.unique(data.case)
     test_cases = cases[-held_out_cases:] if held_out_cases else cases[:0]
     test = np.isin(data.case, test_cases)
-    pick = lambda m: CropSet(*(getattr(data, f)[m] for f in ("crops", "cls", "lesion", "phase", "case")))  # noqa: E731
-    return pick(~test), pick(test)
+    return data.take(~test), data.take(test)
 
 
 def candidate_scores(logits: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     command = "python -m pipeline.train.verifier " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    train, test = split_by_case(merge([CropSet.load(p) for p in args.data]), args.held_out_cases)
+    train, test = split_by_case(CropSet.concat([CropSet.load(p) for p in args.data]), args.held_out_cases)
     log.info("data train=%d test=%d samples", len(train), len(test))
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

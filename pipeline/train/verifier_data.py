@@ -87,10 +87,6 @@ def build(detector, seed: int, cases: range, *, min_conf: float = 0.1, min_side:
     return CropSet(np.stack(crops).astype(np.uint8), m[:, 0], m[:, 1], m[:, 2], m[:, 3])
 
 
-def merge(sets: list[CropSet]) -> CropSet:
-    return CropSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in ("crops", "cls", "lesion", "phase", "case")))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.train.verifier_data", description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, required=True, help="folder with detector.pt and its manifest")
