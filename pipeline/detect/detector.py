@@ -1,7 +1,8 @@
 """Lesion detector inference: a YOLO checkpoint described by ``weights/detector.manifest.toml``.
 
-Input: windowed (W400/L40) uint8 slices [N, H, W]; output: per slice a list of ``Detection``
-in input-pixel coordinates. Thresholds and input size come from the manifest.
+Input: windowed (W400/L40) uint8 slices [N, H, W] of one series in slice order; output: per slice a
+list of ``Detection`` in input-pixel coordinates. Thresholds, input size and how slices fill the
+three input channels (``pipeline.detect.channels``) come from the manifest.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.classify.checkpoints import ModelLoadError, sha256_of
+from pipeline.detect.channels import GREY, check_mode, slice_rgb
 from pipeline.detect.offline import configure_ultralytics_offline
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class DetectorManifest:
     # Hysteresis: boxes down to ``conf`` extend a lesion across slices, but a lesion is kept only
     # when one of its boxes reaches ``lesion_conf`` (defaults to ``conf``: no hysteresis).
     lesion_conf: float = 0.0
+    channels: str = GREY  # pipeline.detect.channels mode
 
 
 def read_manifest(weights_dir: Path) -> DetectorManifest:
@@ -61,6 +64,7 @@ def read_manifest(weights_dir: Path) -> DetectorManifest:
             conf=float(raw["thresholds"]["conf"]), iou=float(raw["thresholds"]["iou"]),
             max_det=int(raw["thresholds"]["max_det"]), classes=tuple(raw.get("classes", ("lesion",))),
             lesion_conf=float(raw["thresholds"].get("lesion_conf", raw["thresholds"]["conf"])),
+            channels=check_mode(str(raw["input"].get("channels", GREY))),
         )
     except OSError as exc:
         raise DetectorLoadError(f"{path}: cannot read manifest: {exc}") from exc
@@ -122,8 +126,13 @@ class LesionDetector:
         # ultralytics 8.4 replaced `half=` with `quantize=` (half= still works but warns on every call)
         return 16 if self.half and self._device.startswith("cuda") else None
 
+    @property
+    def channels(self) -> str:
+        return self._manifest.channels
+
     def detect(self, slices_u8: np.ndarray) -> list[list[Detection]]:
-        """Detect lesions on windowed uint8 slices [N, H, W] (or one [H, W] slice as N=1)."""
+        """Detect lesions on windowed uint8 slices [N, H, W] of one series in slice order (or one [H, W]
+        slice as N=1; in ``adjacent-slices`` mode it is then its own neighbour)."""
         arr = np.asarray(slices_u8)
         if arr.ndim == 2:
             arr = arr[None]
@@ -132,7 +141,8 @@ class LesionDetector:
         out: list[list[Detection]] = []
         m = self._manifest
         for start in range(0, arr.shape[0], self.batch_size):
-            chunk = [np.repeat(s[..., None], 3, axis=2) for s in arr[start:start + self.batch_size]]  # grey = RGB = BGR
+            stop = min(start + self.batch_size, arr.shape[0])
+            chunk = [slice_rgb(arr, k, m.channels)[..., ::-1] for k in range(start, stop)]  # ultralytics takes BGR
             results = self._model.predict(chunk, imgsz=m.imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det,
                                           device=self._device, quantize=self._precision(), verbose=False)
             for r in results:

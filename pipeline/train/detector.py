@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.classify.checkpoints import sha256_of
+from pipeline.detect.channels import GREY, MODES
 from pipeline.detect.offline import configure_ultralytics_offline
 from pipeline.train.detector_data import ExportOptions, export_dataset
 from pipeline.train.hard_negatives import load as load_hard_negatives
@@ -32,6 +33,23 @@ class TrainingError(RuntimeError):
     """Training did not produce usable weights."""
 
 
+def centre_channel_init(detection_model: torch.nn.Module) -> None:
+    """Fold the first convolution's three input-channel weights onto the centre (G) channel.
+
+    A detector trained on grey input saw the same slice in R, G and B, so only the sum of the
+    three weights mattered. Folded, the network gives on (k-1, k, k+1) exactly what it gave on
+    (k, k, k): 2.5D fine-tuning then starts from the grey detector and learns to use the
+    neighbours, instead of starting from untrained per-channel differences.
+    """
+    conv = next(m for m in detection_model.modules() if isinstance(m, torch.nn.Conv2d))
+    if conv.in_channels != 3:
+        raise TrainingError(f"first convolution takes {conv.in_channels} channels, expected 3")
+    with torch.no_grad():
+        total = conv.weight.sum(dim=1)
+        conv.weight.zero_()
+        conv.weight[:, 1] = total
+
+
 def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -40,7 +58,7 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
                    max_det: int = 100, train_crop: int | None = None, train_upsample: float = 1.0,
                    train_small_repeats: int = 0, train_hard_negatives: int = 0, val_fraction: float = 0.2,
-                   version: str = "0.1.0-phantom") -> None:
+                   version: str = "0.1.0-phantom", channels: str = GREY) -> None:
     crop_lines = []
     if train_crop:
         window = ("native-resolution crops of this size" if train_upsample == 1.0
@@ -65,7 +83,7 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         f"imgsz = {imgsz}",
         "window_center = 40",
         "window_width = 400",
-        'channels = "RGB"',
+        f"channels = {_toml_str(channels)}  # pipeline.detect.channels",
         *crop_lines,
         "",
         "[thresholds]",
@@ -131,9 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "~5x slower per step on CPU")
     p.add_argument("--lr0", type=float, default=0.002)
     p.add_argument("--version", default="0.1.0-phantom", help="model version written to the manifest")
+    p.add_argument("--channels", default=GREY, choices=MODES,
+                   help="input channels: the slice in all three (published) or slices k-1, k, k+1 (2.5D)")
+    p.add_argument("--centre-init", action="store_true",
+                   help="with --init from a grey detector: fold its first conv onto the centre channel (2.5D start)")
     args = p.parse_args(argv)
     if args.init is not None and args.pretrained is not None:
         p.error("--init continues a checkpoint, --pretrained seeds a new architecture: give one")
+    if args.centre_init and args.init is None:
+        p.error("--centre-init needs --init")
     if (args.upsample != 1.0 or args.small_repeats or args.hard_negatives) and not args.crop:
         p.error("--upsample, --small-repeats and --hard-negatives need --crop")
     for flag, path in (("--init", args.init), ("--pretrained", args.pretrained)):
@@ -154,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_imgsz = args.crop or args.imgsz
     export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=train_imgsz,
                                 negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop,
-                                upsample=args.upsample, small_repeats=args.small_repeats,
+                                upsample=args.upsample, small_repeats=args.small_repeats, channels=args.channels,
                                 hard_negatives=load_hard_negatives(args.hard_negatives) if args.hard_negatives else ())
     infer_imgsz = args.infer_imgsz or (round(512 * args.upsample) if args.crop else args.imgsz)
     if args.reuse_data and (out / "data" / "data.yaml").is_file():
@@ -166,13 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     if args.init is not None:
         model = YOLO(str(args.init))
+        if args.centre_init:
+            centre_channel_init(model.model)
+            folded = out / "init-centre-channel.pt"
+            model.save(str(folded))  # the trainer rebuilds from a checkpoint file
+            model = YOLO(str(folded))
     else:
         model = YOLO(args.model)  # built from the yaml, no download
     train_kw = dict(
         data=str(data_yaml), imgsz=train_imgsz, epochs=args.epochs, batch=args.batch,
         device=0 if cuda else "cpu", workers=8 if cuda else 0, amp=False, plots=False, seed=args.seed,
         deterministic=True, project=str(out / "runs"), name="detector", exist_ok=True, mosaic=args.mosaic,
-        scale=args.scale, hsv_v=args.hsv_v, hsv_s=0.0, hsv_h=0.0,  # grey images: no hue/saturation
+        scale=args.scale, hsv_v=args.hsv_v, hsv_s=0.0, hsv_h=0.0,  # CT: no hue/saturation (would mix 2.5D channels)
         optimizer=args.optimizer, lr0=args.lr0, fliplr=0.5, close_mosaic=0, patience=100, verbose=True,
         warmup_epochs=args.warmup_epochs, freeze=args.freeze or None,
     )
@@ -201,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
                    train_upsample=args.upsample, train_small_repeats=args.small_repeats,
                    train_hard_negatives=len(export_opts.hard_negatives), val_fraction=args.val_fraction,
-                   version=args.version)
+                   version=args.version, channels=args.channels)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

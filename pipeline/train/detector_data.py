@@ -25,6 +25,9 @@ Hard negatives (``hard_negatives``, crop mode, training split only): one more wi
 centred on a place where a trained detector reported a lesion that is not there (stems end
 ``h0``, ``h1``, ...), labelled with any true lesion inside it.
 
+Input channels (``channels``): grey replicated (``RGB``, as the published detector) or slices k-1, k,
+k+1 (``adjacent-slices``); see ``pipeline.detect.channels``. Crops cut all three alike.
+
 Tiny lesions: a box whose area at training scale is below ``min_area_px`` (default 4 px)
 is dropped from the labels; such slices are still exported (they count as lesion slices,
 not negatives).
@@ -39,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.detect.channels import GREY, check_mode, slice_rgb
 from pipeline.imaging import window_u8
 from pipeline.phantom import CaseOptions, ContrastPhase, LesionBox, render_case, sample_case
 
@@ -75,8 +79,10 @@ class ExportOptions:
     small_repeats: int = 0  # crop mode, train split: extra crops per slice placed on a box smaller than small_box_px
     small_box_px: float = 16.0  # long side in native px (about 11 mm at 0.71 mm/px)
     hard_negatives: tuple[HardNegative, ...] = ()  # crop mode, train split: an extra window centred on each
+    channels: str = GREY  # pipeline.detect.channels mode
 
     def __post_init__(self) -> None:
+        check_mode(self.channels)
         if self.upsample < 1.0 or (self.upsample != 1.0 and not self.crop):
             raise ValueError(f"upsample must be >= 1 and needs crop mode, got upsample={self.upsample}, crop={self.crop}")
         if self.small_repeats and not self.crop:
@@ -102,11 +108,6 @@ class ExportSummary:
 
 def case_options(opts: ExportOptions) -> CaseOptions:
     return CaseOptions(phases=PHASES, n_slices=opts.n_slices, slice_thickness_mm=opts.slice_thickness_mm)
-
-
-def to_rgb(slice_u8: np.ndarray) -> np.ndarray:
-    """[H, W] uint8 -> [H, W, 3] uint8 (grey replicated)."""
-    return np.repeat(slice_u8[..., None], 3, axis=2)
 
 
 def yolo_lines(boxes: Sequence[LesionBox], width: int, height: int, scale: float,
@@ -167,28 +168,28 @@ def centred_window(cx: float, cy: float, width: int, height: int, crop: int) -> 
     return x0, y0
 
 
-def _view(slice_u8: np.ndarray, boxes: Sequence[LesionBox], target: Sequence[LesionBox], opts: ExportOptions,
+def _view(image: np.ndarray, boxes: Sequence[LesionBox], target: Sequence[LesionBox], opts: ExportOptions,
           rng: np.random.Generator, centre: tuple[float, float] | None = None,
           ) -> tuple[np.ndarray, Sequence[LesionBox], int]:
     """The whole slice, or (crop mode) a window holding one of ``target`` or centred on ``centre``:
-    (pixels, boxes in it, boxes cut)."""
+    (pixels, boxes in it, boxes cut). ``image`` is [H, W, 3]."""
     if not opts.crop:
-        return slice_u8, boxes, 0
-    height, width = slice_u8.shape
+        return image, boxes, 0
+    height, width = image.shape[:2]
     if centre is None:
         x0, y0 = crop_window(target, width, height, opts.window, rng)
     else:
         x0, y0 = centred_window(*centre, width, height, opts.window)
     kept, cut = boxes_in_window(boxes, x0, y0, opts.window, opts.min_visible)
-    return slice_u8[y0:y0 + opts.window, x0:x0 + opts.window], kept, cut
+    return image[y0:y0 + opts.window, x0:x0 + opts.window], kept, cut
 
 
 def _write_sample(image_path: Path, label_path: Path, pixels: np.ndarray, boxes: Sequence[LesionBox],
                   scale: float, opts: ExportOptions) -> tuple[int, int]:
     """One training image (resized by ``scale``) and its YOLO label file; (boxes written, boxes dropped)."""
-    out_h, out_w = pixels.shape
+    out_h, out_w = pixels.shape[:2]
     lines, dropped = yolo_lines(boxes, out_w, out_h, scale, opts.min_area_px)
-    img = Image.fromarray(to_rgb(pixels))
+    img = Image.fromarray(np.ascontiguousarray(pixels))
     if scale != 1.0:
         img = img.resize((round(out_w * scale), round(out_h * scale)), Image.BILINEAR)
     img.save(image_path, compress_level=1)
@@ -212,7 +213,7 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
         split = "val" if index >= opts.n_cases - n_val else "train"
         case = render_case(sample_case(opts.seed, index, case_options(opts)))
         for phase in PHASES:
-            vol = case.volumes[phase]
+            vol = window_u8(case.volumes[phase])
             _, height, width = vol.shape
             scale = opts.upsample if opts.crop else opts.imgsz / max(height, width)
             for k in range(vol.shape[0]):
@@ -231,15 +232,15 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
 
                 # the detector's own confident mistakes, shown as background (labelled with any true lesion there)
                 for j, hard in enumerate(hard_by_slice.get((index, phase.value, k), []) if split == "train" else []):
-                    emit(f"h{j}", _view(window_u8(vol[k]), boxes, boxes, opts, rng, (hard.cx, hard.cy)))
+                    emit(f"h{j}", _view(slice_rgb(vol, k, opts.channels), boxes, boxes, opts, rng, (hard.cx, hard.cy)))
                 if not boxes and rng.random() >= opts.negative_fraction:
                     continue
-                slice_u8 = window_u8(vol[k])
+                image = slice_rgb(vol, k, opts.channels)
                 small = [b for b in boxes if max(b.x2 - b.x1, b.y2 - b.y1) < opts.small_box_px]
                 repeats = opts.small_repeats if small and split == "train" else 0
                 for rep in range(1 + repeats):
                     # repeats place the window on a small lesion: more looks at the lesions most often missed
-                    emit(f"r{rep}" if rep else "", _view(slice_u8, boxes, small if rep else boxes, opts, rng))
+                    emit(f"r{rep}" if rep else "", _view(image, boxes, small if rep else boxes, opts, rng))
         log.info("case %d/%d exported (%s)", index + 1, opts.n_cases, split)
     data_yaml = root / "data.yaml"
     data_yaml.write_text(f"path: {root}\ntrain: {root / 'images' / 'train'}\nval: {root / 'images' / 'val'}\n"

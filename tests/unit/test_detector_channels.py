@@ -1,0 +1,113 @@
+"""Detector input channels: grey replicated (published) or adjacent slices (2.5D), the same in training and inference."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.detect.channels import ADJACENT, GREY, check_mode, slice_rgb
+from pipeline.detect.detector import DetectorLoadError, LesionDetector
+from pipeline.detect.offline import configure_ultralytics_offline
+from pipeline.imaging import window_u8
+from pipeline.phantom import render_case, sample_case
+from pipeline.train.detector_data import ExportOptions, case_options, export_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _stack(n: int = 4) -> np.ndarray:
+    return np.stack([np.full((6, 5), 10 * (k + 1), np.uint8) for k in range(n)])
+
+
+def test_grey_mode_repeats_the_slice_in_all_three_channels() -> None:
+    img = slice_rgb(_stack(), 2, GREY)
+    assert img.shape == (6, 5, 3) and img.dtype == np.uint8
+    assert (img == 30).all()
+
+
+def test_adjacent_mode_puts_the_previous_slice_in_red_and_the_next_in_blue() -> None:
+    vol = _stack()
+    assert [int(slice_rgb(vol, 1, ADJACENT)[0, 0, c]) for c in range(3)] == [10, 20, 30]
+    # the end slices stand in for their missing neighbour
+    assert [int(slice_rgb(vol, 0, ADJACENT)[0, 0, c]) for c in range(3)] == [10, 10, 20]
+    assert [int(slice_rgb(vol, 3, ADJACENT)[0, 0, c]) for c in range(3)] == [30, 40, 40]
+    assert [int(slice_rgb(vol[:1], 0, ADJACENT)[0, 0, c]) for c in range(3)] == [10, 10, 10]
+
+
+def test_unknown_channel_mode_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'rgb-ish'"):
+        check_mode("rgb-ish")
+    with pytest.raises(ValueError, match="channels"):
+        ExportOptions(channels="2.5d")
+
+
+def _manifest(d: Path, channels: str) -> None:
+    sha = hashlib.sha256((d / "detector.pt").read_bytes()).hexdigest()
+    (d / "detector.manifest.toml").write_text(
+        f'name = "t"\nversion = "0"\nfile = "detector.pt"\nsha256 = "{sha}"\n'
+        f'[input]\nimgsz = 256\nchannels = "{channels}"\n[thresholds]\nconf = 0.25\niou = 0.5\nmax_det = 100\n')
+
+
+def test_manifest_with_an_unknown_channel_mode_does_not_load(tmp_path: Path) -> None:
+    (tmp_path / "detector.pt").write_bytes(b"weights")
+    _manifest(tmp_path, "depth")
+    with pytest.raises(DetectorLoadError, match="invalid manifest"):
+        LesionDetector.from_manifest(tmp_path)
+
+
+def test_inference_input_matches_the_training_image_as_ultralytics_reads_it(tmp_path: Path) -> None:
+    """An exported 2.5D training PNG, read the way the ultralytics trainer reads it (cv2, BGR), is the
+    very array the detector hands to ``predict`` (numpy input is BGR too) for the same slice."""
+    import cv2  # noqa: PLC0415
+
+    opts = ExportOptions(seed=1000, n_cases=1, imgsz=512, negative_fraction=1.0, val_fraction=1.0, n_slices=6,
+                         channels=ADJACENT)
+    export_dataset(tmp_path / "data", opts)
+    configure_ultralytics_offline(REPO / ".yolo")
+    from ultralytics import YOLO  # noqa: PLC0415
+
+    (tmp_path / "w").mkdir()
+    YOLO("yolov8n.yaml").save(str(tmp_path / "w" / "detector.pt"))
+    _manifest(tmp_path / "w", ADJACENT)
+    det = LesionDetector.from_manifest(tmp_path / "w", device="cpu", batch_size=4)
+    assert det.channels == ADJACENT
+    seen: list[np.ndarray] = []
+    predict = det._model.predict
+    det._model.predict = lambda images, **kw: seen.extend(images) or predict(images, **kw)
+
+    phase = "PVP"
+    from pipeline.phantom import ContrastPhase  # noqa: PLC0415
+
+    vol = window_u8(render_case(sample_case(1000, 0, case_options(opts))).volumes[ContrastPhase(phase)])
+    assert len(det.detect(vol)) == vol.shape[0] and len(seen) == vol.shape[0]  # two batches
+    for k in (0, 3, 5):
+        png = tmp_path / "data" / "images" / "val" / f"s1000_c0000_{phase}_{k:03d}.png"
+        trained_on = cv2.imread(str(png), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(trained_on, seen[k])
+        np.testing.assert_array_equal(trained_on[..., ::-1], slice_rgb(vol, k, ADJACENT))
+    assert not np.array_equal(seen[3][..., 0], seen[3][..., 2])  # neighbours differ: really 2.5D
+
+
+def test_centre_channel_init_gives_on_adjacent_slices_what_the_grey_detector_gave_on_the_centre_slice() -> None:
+    import copy  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    from pipeline.train.detector import centre_channel_init  # noqa: PLC0415
+
+    configure_ultralytics_offline(REPO / ".yolo")
+    from ultralytics import YOLO  # noqa: PLC0415
+
+    grey = YOLO(str(REPO / "weights" / "detector.pt")).model.float().eval()  # trained: an untrained net is near-constant
+    folded = copy.deepcopy(grey)
+    centre_channel_init(folded)
+    torch.manual_seed(0)
+    prev, centre, nxt = (torch.rand(1, 1, 96, 96) for _ in range(3))
+    with torch.no_grad():
+        before = grey(torch.cat([centre] * 3, dim=1))[0]
+        after = folded(torch.cat([prev, centre, nxt], dim=1))[0]
+        unfolded = grey(torch.cat([prev, centre, nxt], dim=1))[0]
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(unfolded, before, atol=1e-3)  # without folding the neighbours change the output
