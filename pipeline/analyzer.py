@@ -37,7 +37,7 @@ class SeriesInput:
 
 
 class Detector(Protocol):
-    def detect(self, slices_u8: np.ndarray) -> list[list]: ...
+    def detect(self, slices_u8: np.ndarray, slice_spacing_mm: float | None = None) -> list[list]: ...
 
 
 class Classifier(Protocol):
@@ -139,7 +139,7 @@ class Analyzer:
         per_series: list[list[SeriesLesion]] = []
         detections = {}
         for s, ls in loaded:
-            detections[s.series_uid] = self.detector.detect(windowed[s.series_uid])
+            detections[s.series_uid] = self.detector.detect(windowed[s.series_uid], ls.geometry.slice_spacing)
         result.timings_s["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -6,7 +6,9 @@
   spans one or two slices). The first and last slice repeat themselves for the missing neighbour.
 
 The stack must be one series in its sorted slice order with regular spacing, which
-``pipeline.series`` guarantees. Channel order is given here in RGB; ultralytics reads numpy
+``pipeline.series`` guarantees. The neighbours are the slices nearest to ``neighbour_mm`` away
+(the manifest's training slice spacing), so a thin-slice series shows the network the same z
+context as the thick slices it was trained on. Channel order is given here in RGB; ultralytics reads numpy
 input as BGR (``LesionDetector`` reverses it) and PNG training images as RGB.
 """
 from __future__ import annotations
@@ -24,9 +26,18 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def slice_rgb(volume_u8: np.ndarray, k: int, mode: str) -> np.ndarray:
-    """Input image of slice ``k`` of a windowed [N, H, W] uint8 stack: [H, W, 3] uint8, RGB order."""
+def neighbour_offset(slice_spacing_mm: float | None, neighbour_mm: float | None) -> int:
+    """Slices from the centre to each neighbour: the whole number nearest to ``neighbour_mm``, at least 1
+    (1 when either distance is unknown)."""
+    if not neighbour_mm or not slice_spacing_mm or slice_spacing_mm <= 0:
+        return 1
+    return max(1, round(neighbour_mm / slice_spacing_mm))
+
+
+def slice_rgb(volume_u8: np.ndarray, k: int, mode: str, offset: int = 1) -> np.ndarray:
+    """Input image of slice ``k`` of a windowed [N, H, W] uint8 stack: [H, W, 3] uint8, RGB order;
+    ``offset`` slices to each neighbour in ``adjacent-slices`` mode."""
     if check_mode(mode) == GREY:
         return np.repeat(volume_u8[k][..., None], 3, axis=2)
     last = volume_u8.shape[0] - 1
-    return np.stack([volume_u8[max(k - 1, 0)], volume_u8[k], volume_u8[min(k + 1, last)]], axis=2)
+    return np.stack([volume_u8[max(k - offset, 0)], volume_u8[k], volume_u8[min(k + offset, last)]], axis=2)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.classify.checkpoints import ModelLoadError, sha256_of
-from pipeline.detect.channels import GREY, check_mode, slice_rgb
+from pipeline.detect.channels import GREY, check_mode, neighbour_offset, slice_rgb
 from pipeline.detect.offline import configure_ultralytics_offline
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class DetectorManifest:
     # when one of its boxes reaches ``lesion_conf`` (defaults to ``conf``: no hysteresis).
     lesion_conf: float = 0.0
     channels: str = GREY  # pipeline.detect.channels mode
+    neighbour_mm: float | None = None  # adjacent-slices: z distance of the neighbours it was trained with
 
 
 def read_manifest(weights_dir: Path) -> DetectorManifest:
@@ -65,6 +66,7 @@ def read_manifest(weights_dir: Path) -> DetectorManifest:
             max_det=int(raw["thresholds"]["max_det"]), classes=tuple(raw.get("classes", ("lesion",))),
             lesion_conf=float(raw["thresholds"].get("lesion_conf", raw["thresholds"]["conf"])),
             channels=check_mode(str(raw["input"].get("channels", GREY))),
+            neighbour_mm=float(raw["input"]["neighbour_mm"]) if "neighbour_mm" in raw["input"] else None,
         )
     except OSError as exc:
         raise DetectorLoadError(f"{path}: cannot read manifest: {exc}") from exc
@@ -130,9 +132,10 @@ class LesionDetector:
     def channels(self) -> str:
         return self._manifest.channels
 
-    def detect(self, slices_u8: np.ndarray) -> list[list[Detection]]:
+    def detect(self, slices_u8: np.ndarray, slice_spacing_mm: float | None = None) -> list[list[Detection]]:
         """Detect lesions on windowed uint8 slices [N, H, W] of one series in slice order (or one [H, W]
-        slice as N=1; in ``adjacent-slices`` mode it is then its own neighbour)."""
+        slice as N=1; in ``adjacent-slices`` mode it is then its own neighbour). ``slice_spacing_mm``
+        picks the neighbours nearest the manifest's ``neighbour_mm`` (adjacent slices when unknown)."""
         arr = np.asarray(slices_u8)
         if arr.ndim == 2:
             arr = arr[None]
@@ -140,9 +143,10 @@ class LesionDetector:
             raise ValueError(f"expected uint8 [N, H, W], got {arr.dtype} {arr.shape}")
         out: list[list[Detection]] = []
         m = self._manifest
+        offset = neighbour_offset(slice_spacing_mm, m.neighbour_mm)
         for start in range(0, arr.shape[0], self.batch_size):
             stop = min(start + self.batch_size, arr.shape[0])
-            chunk = [slice_rgb(arr, k, m.channels)[..., ::-1] for k in range(start, stop)]  # ultralytics takes BGR
+            chunk = [slice_rgb(arr, k, m.channels, offset)[..., ::-1] for k in range(start, stop)]  # ultralytics takes BGR
             results = self._model.predict(chunk, imgsz=m.imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det,
                                           device=self._device, quantize=self._precision(), verbose=False)
             for r in results:

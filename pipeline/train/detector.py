@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.classify.checkpoints import sha256_of
-from pipeline.detect.channels import GREY, MODES
+from pipeline.detect.channels import ADJACENT, GREY, MODES
 from pipeline.detect.offline import configure_ultralytics_offline
 from pipeline.train.detector_data import ExportOptions, export_dataset
 from pipeline.train.hard_negatives import load as load_hard_negatives
@@ -58,7 +58,7 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
                    max_det: int = 100, train_crop: int | None = None, train_upsample: float = 1.0,
                    train_small_repeats: int = 0, train_hard_negatives: int = 0, val_fraction: float = 0.2,
-                   version: str = "0.1.0-phantom", channels: str = GREY) -> None:
+                   version: str = "0.1.0-phantom", channels: str = GREY, slice_spacing_mm: float = 5.0) -> None:
     crop_lines = []
     if train_crop:
         window = ("native-resolution crops of this size" if train_upsample == 1.0
@@ -84,6 +84,8 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         "window_center = 40",
         "window_width = 400",
         f"channels = {_toml_str(channels)}  # pipeline.detect.channels",
+        *([f"neighbour_mm = {slice_spacing_mm:g}  # the training slices' spacing: neighbours are sought this far away"]
+          if channels == ADJACENT else []),
         *crop_lines,
         "",
         "[thresholds]",
@@ -230,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
                    train_upsample=args.upsample, train_small_repeats=args.small_repeats,
                    train_hard_negatives=len(export_opts.hard_negatives), val_fraction=args.val_fraction,
-                   version=args.version, channels=args.channels)
+                   version=args.version, channels=args.channels, slice_spacing_mm=export_opts.slice_thickness_mm)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

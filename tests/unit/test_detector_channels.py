@@ -43,11 +43,11 @@ def test_unknown_channel_mode_is_refused_by_name() -> None:
         ExportOptions(channels="2.5d")
 
 
-def _manifest(d: Path, channels: str) -> None:
+def _manifest(d: Path, channels: str, extra: str = "") -> None:
     sha = hashlib.sha256((d / "detector.pt").read_bytes()).hexdigest()
     (d / "detector.manifest.toml").write_text(
         f'name = "t"\nversion = "0"\nfile = "detector.pt"\nsha256 = "{sha}"\n'
-        f'[input]\nimgsz = 256\nchannels = "{channels}"\n[thresholds]\nconf = 0.25\niou = 0.5\nmax_det = 100\n')
+        f'[input]\nimgsz = 256\nchannels = "{channels}"\n{extra}[thresholds]\nconf = 0.25\niou = 0.5\nmax_det = 100\n')
 
 
 def test_manifest_with_an_unknown_channel_mode_does_not_load(tmp_path: Path) -> None:
@@ -111,3 +111,46 @@ def test_centre_channel_init_gives_on_adjacent_slices_what_the_grey_detector_gav
         unfolded = grey(torch.cat([prev, centre, nxt], dim=1))[0]
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(unfolded, before, atol=1e-3)  # without folding the neighbours change the output
+
+
+def test_neighbours_are_sought_at_the_trained_distance_on_thinner_slices() -> None:
+    from pipeline.detect.channels import neighbour_offset  # noqa: PLC0415
+
+    assert neighbour_offset(5.0, 5.0) == 1
+    assert neighbour_offset(1.25, 5.0) == 4 and neighbour_offset(2.0, 5.0) == 2  # 2.5 rounds to even
+    assert neighbour_offset(10.0, 5.0) == 1  # never the slice itself
+    assert neighbour_offset(None, 5.0) == 1 and neighbour_offset(1.0, None) == 1
+    vol = np.stack([np.full((2, 2), k, np.uint8) for k in range(10)])
+    assert [int(v) for v in slice_rgb(vol, 5, ADJACENT, offset=4)[0, 0]] == [1, 5, 9]
+    assert [int(v) for v in slice_rgb(vol, 8, ADJACENT, offset=4)[0, 0]] == [4, 8, 9]
+
+
+def test_trainer_manifest_records_the_channel_mode_and_neighbour_distance(tmp_path: Path) -> None:
+    import tomllib  # noqa: PLC0415
+
+    from pipeline.train.detector import write_manifest  # noqa: PLC0415
+
+    (tmp_path / "detector.pt").write_bytes(b"weights")
+    for channels, expected in ((GREY, None), (ADJACENT, 5.0)):
+        write_manifest(tmp_path / "m.toml", weights=tmp_path / "detector.pt", arch="yolov8n", imgsz=512, seed=1,
+                       cases=2, command="x", ultra_version="8", metrics={}, epochs_run=1, wall_s=1.0,
+                       channels=channels)
+        data = tomllib.loads((tmp_path / "m.toml").read_text())
+        assert data["input"]["channels"] == channels and data["input"].get("neighbour_mm") == expected
+
+
+def test_detector_takes_neighbours_at_the_manifest_distance_given_the_series_spacing(tmp_path: Path) -> None:
+    configure_ultralytics_offline(REPO / ".yolo")
+    from ultralytics import YOLO  # noqa: PLC0415
+
+    YOLO("yolov8n.yaml").save(str(tmp_path / "detector.pt"))
+    _manifest(tmp_path, ADJACENT, "neighbour_mm = 5.0\n")
+    det = LesionDetector.from_manifest(tmp_path, device="cpu", batch_size=8)
+    seen: list[np.ndarray] = []
+    predict = det._model.predict
+    det._model.predict = lambda images, **kw: seen.extend(images) or predict(images, **kw)
+    vol = np.stack([np.full((64, 64), 20 * k, np.uint8) for k in range(6)])
+    det.detect(vol, slice_spacing_mm=2.5)  # 2 slices to 5 mm
+    det.detect(vol)  # spacing unknown: the adjacent slices
+    assert [int(v) for v in seen[3][0, 0, ::-1]] == [20, 60, 100]
+    assert [int(v) for v in seen[6 + 3][0, 0, ::-1]] == [40, 60, 80]

@@ -32,7 +32,7 @@ def test_false_boxes_are_confident_and_off_every_true_lesion():
 class FixedDetector:
     """Reports one box at a fixed place on every slice."""
 
-    def detect(self, slices_u8):
+    def detect(self, slices_u8, slice_spacing_mm=None):
         return [[Det(20, 20, 40, 40, 0.7)] for _ in slices_u8]
 
 

@@ -65,7 +65,7 @@ def test_verifier_refuses_a_manifest_without_threshold(tmp_path):
 class AirDetector:
     """One box in the air outside the body on every slice: never a lesion."""
 
-    def detect(self, slices_u8):
+    def detect(self, slices_u8, slice_spacing_mm=None):
         return [[Det(4, 4, 20, 20, 0.6)] for _ in slices_u8]
 
 
