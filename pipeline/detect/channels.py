@@ -8,8 +8,8 @@
 The stack must be one series in its sorted slice order with regular spacing, which
 ``pipeline.series`` guarantees. The neighbours are the slices nearest to ``neighbour_mm`` away
 (the manifest's training slice spacing), so a thin-slice series shows the network the same z
-context as the thick slices it was trained on. Channel order is given here in RGB; ultralytics reads numpy
-input as BGR (``LesionDetector`` reverses it) and PNG training images as RGB.
+context as the thick slices it was trained on. Channel order is given here in RGB; ultralytics
+reads numpy input as BGR (``LesionDetector`` reverses it) and PNG training images as RGB.
 """
 from __future__ import annotations
 

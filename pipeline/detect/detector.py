@@ -146,7 +146,8 @@ class LesionDetector:
         offset = neighbour_offset(slice_spacing_mm, m.neighbour_mm)
         for start in range(0, arr.shape[0], self.batch_size):
             stop = min(start + self.batch_size, arr.shape[0])
-            chunk = [slice_rgb(arr, k, m.channels, offset)[..., ::-1] for k in range(start, stop)]  # ultralytics takes BGR
+            # ultralytics takes numpy images as BGR
+            chunk = [slice_rgb(arr, k, m.channels, offset)[..., ::-1] for k in range(start, stop)]
             results = self._model.predict(chunk, imgsz=m.imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det,
                                           device=self._device, quantize=self._precision(), verbose=False)
             for r in results:

@@ -1,4 +1,4 @@
-"""Detector input channels: grey replicated (published) or adjacent slices (2.5D), the same in training and inference."""
+"""Detector input channels: grey replicated (published) or adjacent slices (2.5D), alike in training and inference."""
 from __future__ import annotations
 
 import hashlib
@@ -100,7 +100,8 @@ def test_centre_channel_init_gives_on_adjacent_slices_what_the_grey_detector_gav
     configure_ultralytics_offline(REPO / ".yolo")
     from ultralytics import YOLO  # noqa: PLC0415
 
-    grey = YOLO(str(REPO / "weights" / "detector.pt")).model.float().eval()  # trained: an untrained net is near-constant
+    # the shipped detector: an untrained network's output barely depends on its input
+    grey = YOLO(str(REPO / "weights" / "detector.pt")).model.float().eval()
     folded = copy.deepcopy(grey)
     centre_channel_init(folded)
     torch.manual_seed(0)
