@@ -193,10 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.init is not None:
         model = YOLO(str(args.init))
         if args.centre_init:
-            centre_channel_init(model.model)
-            folded = out / "init-centre-channel.pt"
-            model.save(str(folded))  # the trainer rebuilds from a checkpoint file
-            model = YOLO(str(folded))
+            centre_channel_init(model.model)  # in place: train() seeds its model from this loaded one
     else:
         model = YOLO(args.model)  # built from the yaml, no download
     train_kw = dict(

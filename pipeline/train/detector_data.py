@@ -230,12 +230,12 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
                     n_dropped += cut + dropped
                     counts[split] += 1
 
+                image = slice_rgb(vol, k, opts.channels)
                 # the detector's own confident mistakes, shown as background (labelled with any true lesion there)
                 for j, hard in enumerate(hard_by_slice.get((index, phase.value, k), []) if split == "train" else []):
-                    emit(f"h{j}", _view(slice_rgb(vol, k, opts.channels), boxes, boxes, opts, rng, (hard.cx, hard.cy)))
+                    emit(f"h{j}", _view(image, boxes, boxes, opts, rng, (hard.cx, hard.cy)))
                 if not boxes and rng.random() >= opts.negative_fraction:
                     continue
-                image = slice_rgb(vol, k, opts.channels)
                 small = [b for b in boxes if max(b.x2 - b.x1, b.y2 - b.y1) < opts.small_box_px]
                 repeats = opts.small_repeats if small and split == "train" else 0
                 for rep in range(1 + repeats):
