@@ -44,7 +44,8 @@ def best_confidences(det: LesionDetector, case, lesion_ids: set[int]) -> dict[in
     """Per lesion, the highest confidence of a box overlapping one of its true boxes at IoU 0.1 (0 if none)."""
     best = dict.fromkeys(lesion_ids, 0.0)
     for phase in PHASES:
-        for k, found in enumerate(det.detect(window_u8(case.volumes[phase]), 5.0)):
+        spacing = case.spec.geometry.slice_spacing_mm
+        for k, found in enumerate(det.detect(window_u8(case.volumes[phase]), spacing)):
             for b, d in ((b, d) for b in case.boxes[k] if b.lesion_id in best for d in found):
                 if box_iou((d.x1, d.y1, d.x2, d.y2), (b.x1, b.y1, b.x2, b.y2)) >= 0.1:
                     best[b.lesion_id] = max(best[b.lesion_id], d.confidence)
