@@ -6,7 +6,9 @@ The last ``--held-out-cases`` phantom cases of the data are held out: the manife
 verifier's AUC on them and its recall of lesions and of false candidates at ``--threshold``, per
 candidate (a lesion's crops averaged, as the pipeline does). Pick the pipeline threshold on the
 validation phantoms (``liver-node evaluate --lesion-conf-sweep ... --p-lesion-sweep ...``) and write
-it back with ``--threshold``; the training itself does not depend on it.
+it back with ``--threshold``; the training itself does not depend on it. ``--compare WEIGHTS_DIR``
+scores an earlier verifier on the same held-out cases (side by side, written to the manifest), so
+a new version is judged against the shipped one on candidates neither was trained on.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import logging
 import shlex
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +59,25 @@ def held_out_metrics(path: Path, sha: str, test: CropSet, depth: str, device: st
             "false_candidates_rejected": float((p[y == 0] < threshold).mean()) if (y == 0).any() else float("nan")}
 
 
-def write_manifest(out: Path, r: dict, m: dict, args, command: str) -> Path:
+def previous_metrics(weights_dir: Path, test: CropSet, device: str, threshold: float) -> dict:
+    """``held_out_metrics`` of the verifier in ``weights_dir`` (its own file, sha256 and depth)."""
+    manifest = tomllib.loads((weights_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    m = held_out_metrics(weights_dir / manifest["file"], manifest["sha256"], test, manifest["depth"], device, threshold)
+    return {"version": manifest["version"], **m}
+
+
+def _metric_lines(m: dict) -> list[str]:
+    return [f"candidates = {m['candidates']}", f"lesions = {m['lesions']}", f"auc = {m['auc']:.4f}",
+            f"lesion_recall = {m['lesion_recall']:.4f}",
+            f"false_candidates_rejected = {m['false_candidates_rejected']:.4f}"]
+
+
+def write_manifest(out: Path, r: dict, m: dict, args, command: str, previous: dict | None = None) -> Path:
     lines = [
         "# Lesion verifier (pipeline.classify.verifier): a second look at each detector candidate.",
         "# Trained on synthetic phantoms only - NOT FOR CLINICAL USE.",
         f"name = {_q(NAMES[TASK])}",
-        f"version = {_q(VERSION)}",
+        f"version = {_q(args.version)}",
         'task = "verification"',
         *checkpoint_lines(args, CLASSES, r, command),
         "",
@@ -85,13 +101,12 @@ def write_manifest(out: Path, r: dict, m: dict, args, command: str) -> Path:
         f"initial_backbone = {_q(args.init_backbone.name if args.init_backbone else 'random (torchvision init)')}",
         "",
         f"[held_out]  # the last {args.held_out_cases} phantom cases of the data, per candidate, at p_lesion above",
-        f"candidates = {m['candidates']}",
-        f"lesions = {m['lesions']}",
-        f"auc = {m['auc']:.4f}",
-        f"lesion_recall = {m['lesion_recall']:.4f}",
-        f"false_candidates_rejected = {m['false_candidates_rejected']:.4f}",
+        *_metric_lines(m),
         "",
     ]
+    if previous is not None:
+        lines += [f"[held_out.previous]  # verifier {previous['version']} on the same held-out candidates",
+                  *_metric_lines(previous), ""]
     path = out / MANIFEST_NAME
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -118,6 +133,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--single-phase", type=float, default=0.35, help="fraction of training pairs given as one phase twice")
     p.add_argument("--no-balance", dest="balance", action="store_false", help="no inverse-frequency class weights")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--version", default=VERSION, help="version written to the manifest")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="weights directory of an earlier verifier to score on the same held-out cases")
     return p.parse_args(argv)
 
 
@@ -134,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     r = train_task(TASK, train, test, args, device, args.out)
     m = held_out_metrics(args.out / FILES[TASK], r["sha256"], test, args.depth, device, args.threshold)
-    path = write_manifest(args.out, r, m, args, command)
-    log.info("RESULT %s %s manifest=%s wall=%.0fs", r, m, path, time.time() - t0)
+    previous = previous_metrics(args.compare, test, device, args.threshold) if args.compare else None
+    path = write_manifest(args.out, r, m, args, command, previous)
+    log.info("RESULT %s %s previous=%s manifest=%s wall=%.0fs", r, m, previous, path, time.time() - t0)
     return 0
 
 

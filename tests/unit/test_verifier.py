@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import tomllib
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from pipeline.detect.detector import Detection as Det
 from pipeline.phantom import render_case, sample_case
 from pipeline.train.classifier_data import BACKGROUND, PAIRED
 from pipeline.train.detector_data import ExportOptions, case_options
-from pipeline.train.verifier import candidate_scores, split_by_case, write_manifest
+from pipeline.train.verifier import candidate_scores, previous_metrics, split_by_case, write_manifest
 from pipeline.train.verifier_data import case_samples
 
 
@@ -24,17 +25,18 @@ def test_lesion_probability_averages_logits_then_softmax():
     assert lesion_probability(np.array([[5.0, -5.0]])) < 0.001
 
 
-def _weights(tmp_path, n_classes=2, threshold=0.4):
+def _weights(tmp_path, n_classes=2, threshold=0.4, previous=None):
     torch.manual_seed(0)
     sha = save_lilnet_checkpoint(LiLNet(n_classes, depth="resnet18", width=16), tmp_path / "verifier.pth.tar",
                                  CheckpointMetadata(epoch=0, auc=None, acc=None))
     args = argparse.Namespace(depth="resnet18", width=16, weight_dtype="float32", seed=0, threshold=threshold,
                               candidate_conf=0.2,
                               data=[tmp_path / "a.npz"], epochs=0, single_phase=0.35, init_backbone=None,
-                              held_out_cases=1, data_source="test")
+                              held_out_cases=1, data_source="test", version="0.0.1-test")
     metrics = {"candidates": 0, "lesions": 0, "auc": float("nan"), "lesion_recall": float("nan"),
                "false_candidates_rejected": float("nan")}
-    write_manifest(tmp_path, {"file": "verifier.pth.tar", "sha256": sha, "n_train": 0}, metrics, args, "test")
+    write_manifest(tmp_path, {"file": "verifier.pth.tar", "sha256": sha, "n_train": 0}, metrics, args, "test",
+                   previous)
     return tmp_path
 
 
@@ -114,3 +116,23 @@ def test_evaluation_rescores_a_run_at_stricter_verifier_thresholds():
     # a lesion the detector reports on its own (confidence >= its lesion_conf) stays whatever its p(lesion)
     assert [les["p_lesion"] for les in at_p_lesion(results, 0.5, accept_conf=0.8)["s"]["lesions"]] == [0.7, None, 0.1]
     assert len(at_p_lesion(results, 0.0)["s"]["lesions"]) == 4
+
+
+def test_compare_scores_the_earlier_verifier_on_the_same_held_out_candidates(tmp_path):
+    from pipeline.train.classifier_data import CropSet
+
+    (tmp_path / "old").mkdir(), (tmp_path / "new").mkdir()
+    old = _weights(tmp_path / "old")
+    crops = np.random.default_rng(1).integers(0, 255, (4, 2, 224, 224), dtype=np.uint8)
+    test = CropSet(crops, np.array([BACKGROUND, 0, 0, BACKGROUND]), np.array([-1, 7, 7, -2]),
+                   np.full(4, PAIRED), np.array([5, 5, 5, 5]))
+    previous = previous_metrics(old, test, "cpu", threshold=0.5)
+    logits = LesionVerifier.from_manifest(old, device="cpu").logits(crops)
+    p = [lesion_probability(logits[[0]]), lesion_probability(logits[1:3]), lesion_probability(logits[[3]])]
+    assert previous["version"] == "0.0.1-test" and (previous["candidates"], previous["lesions"]) == (3, 1)
+    assert previous["lesion_recall"] == float(p[1] >= 0.5)
+    assert previous["false_candidates_rejected"] == pytest.approx(((p[0] < 0.5) + (p[2] < 0.5)) / 2)
+    new = _weights(tmp_path / "new", previous=previous)
+    manifest = tomllib.loads((new / MANIFEST_NAME).read_text())
+    assert manifest["held_out"]["previous"]["candidates"] == 3
+    assert LesionVerifier.from_manifest(new, device="cpu").version == "0.0.1-test"
