@@ -20,6 +20,7 @@ from .classify.preprocess import GREY, PHASE_PAIR
 from .classify.verifier import lesion_probability
 from .lesion_crops import PhaseImages, lesion_crops
 from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
+from .reporting_rule import is_reported
 from .result import LesionResult, ModelInfo, SeriesUse, StudyResult
 from .series import LoadedSeries, SeriesError, load_series
 
@@ -181,7 +182,8 @@ class Analyzer:
         rejected = 0
         for lesion in lesions:
             rows = np.flatnonzero(owners_arr == lesion.index) if owners else np.array([], dtype=int)
-            unsure = self.verifier is not None and max(v.confidence for v in lesion.views) < accept_conf
+            top = max(v.confidence for v in lesion.views)
+            unsure = self.verifier is not None and top < accept_conf
             if rows.size == 0:
                 if unsure:  # a candidate for the verifier with nothing it could look at
                     rejected += 1
@@ -192,7 +194,7 @@ class Analyzer:
             p_lesion = None
             if verified is not None:
                 p_lesion = lesion_probability(verified[rows])
-                if unsure and p_lesion < self.verifier.threshold:
+                if not is_reported(top, p_lesion, accept_conf, self.verifier.threshold):
                     rejected += 1
                     continue
             reported.append(rows)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .hierarchy import ALL_CLASSES, MALIGNANT_CLASSES
 from .lesions import box_iou
+from .reporting_rule import is_reported
 
 IOUS = (0.1, 0.3, 0.5)
 
@@ -261,8 +262,8 @@ def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 
     detector's lesion_conf, which the verifier cannot overrule), or when it has no verifier
     probability. Exact when the run's own threshold was at or below ``p_lesion``."""
     def keep(les: dict) -> bool:
-        return (les.get("p_lesion") is None or les["p_lesion"] >= p_lesion
-                or max((v["detector_confidence"] or 0.0) for v in les["views"]) >= accept_conf)
+        top = max((v["detector_confidence"] or 0.0) for v in les["views"])
+        return is_reported(top, les.get("p_lesion"), accept_conf, p_lesion)
     return {uid: {**res, "lesions": [les for les in res["lesions"] if keep(les)]} for uid, res in results.items()}
 
 

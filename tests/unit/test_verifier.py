@@ -136,3 +136,12 @@ def test_compare_scores_the_earlier_verifier_on_the_same_held_out_candidates(tmp
     manifest = tomllib.loads((new / MANIFEST_NAME).read_text())
     assert manifest["held_out"]["previous"]["candidates"] == 3
     assert LesionVerifier.from_manifest(new, device="cpu").version == "0.0.1-test"
+
+
+def test_reporting_rule_lets_the_verifier_only_add_lesions():
+    from pipeline.reporting_rule import is_reported
+
+    assert is_reported(0.9, 0.01, accept_conf=0.48, p_threshold=0.8)  # the detector is sure: no veto
+    assert not is_reported(0.3, 0.79, accept_conf=0.48, p_threshold=0.8)
+    assert is_reported(0.3, 0.8, accept_conf=0.48, p_threshold=0.8)
+    assert is_reported(0.3, None, accept_conf=0.48, p_threshold=0.8)  # no verifier ran
