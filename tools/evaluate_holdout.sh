@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 py=.venv/bin/python
 cases=${CASES_PER_CLASS:-20}
 seed=${SEED:-9100}  # SEED=8100: the validation set that picks thresholds; 9100: the test set of every version
-# up to detector 0.4.0; 9200: a fresh test set for the lesion verifier's rule (9100 had informed it)
+# up to detector 0.4.0; 9200: a fresh test set for the lesion verifier's rule (9100 had informed it);
+# 9300: verifier 0.2.0 beside 0.1.0
 index=0
 for cls in HCC ICC MET FNH HEM CYST none; do
   if [ ! -d "$out/truth/$cls" ]; then
