@@ -17,7 +17,7 @@ import logging
 import shlex
 import sys
 import time
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 
 from pipeline.classify.checkpoints import load_lilnet_checkpoint
 from pipeline.classify.preprocess import PHASE_PAIR
-from pipeline.classify.verifier import CLASSES, MANIFEST_NAME, lesion_probability
+from pipeline.classify.verifier import CLASSES, MANIFEST_NAME, LesionVerifier, lesion_probability
 from pipeline.evaluate import auc
 from pipeline.train.classifier import FILES, NAMES, PAIR_COLOUR, _q, ag_logits, checkpoint_lines, train_task
 from pipeline.train.classifier_data import CropSet
@@ -50,20 +50,19 @@ def candidate_scores(logits: np.ndarray, labels: np.ndarray, keys: np.ndarray) -
             np.array([labels[keys == k][0] for k in uniq]))
 
 
-def held_out_metrics(path: Path, sha: str, test: CropSet, depth: str, device: str, threshold: float) -> dict:
+def held_out_metrics(logits: Callable[[np.ndarray], np.ndarray], test: CropSet, threshold: float) -> dict:
+    """Per-candidate AUC and recalls on ``test``, given a verifier's crops -> AG logits."""
     crops, labels, keys = test.for_task(TASK)
-    model = load_lilnet_checkpoint(path, sha, depth=depth).model.to(device)
-    p, y = candidate_scores(ag_logits(model, crops, device), labels, keys)
+    p, y = candidate_scores(logits(crops), labels, keys)
     return {"candidates": len(y), "lesions": int(y.sum()), "auc": auc(p, y),
             "lesion_recall": float((p[y == 1] >= threshold).mean()) if (y == 1).any() else float("nan"),
             "false_candidates_rejected": float((p[y == 0] < threshold).mean()) if (y == 0).any() else float("nan")}
 
 
 def previous_metrics(weights_dir: Path, test: CropSet, device: str, threshold: float) -> dict:
-    """``held_out_metrics`` of the verifier in ``weights_dir`` (its own file, sha256 and depth)."""
-    manifest = tomllib.loads((weights_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    m = held_out_metrics(weights_dir / manifest["file"], manifest["sha256"], test, manifest["depth"], device, threshold)
-    return {"version": manifest["version"], **m}
+    """``held_out_metrics`` of the verifier in ``weights_dir``, loaded as the pipeline loads it."""
+    verifier = LesionVerifier.from_manifest(weights_dir, device=device)
+    return {"version": verifier.version, **held_out_metrics(verifier.logits, test, threshold)}
 
 
 def _metric_lines(m: dict) -> list[str]:
@@ -151,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     r = train_task(TASK, train, test, args, device, args.out)
-    m = held_out_metrics(args.out / FILES[TASK], r["sha256"], test, args.depth, device, args.threshold)
+    model = load_lilnet_checkpoint(args.out / FILES[TASK], r["sha256"], depth=args.depth).model.to(device)
+    m = held_out_metrics(lambda crops: ag_logits(model, crops, device), test, args.threshold)
     previous = previous_metrics(args.compare, test, device, args.threshold) if args.compare else None
     path = write_manifest(args.out, r, m, args, command, previous)
     log.info("RESULT %s %s previous=%s manifest=%s wall=%.0fs", r, m, previous, path, time.time() - t0)
