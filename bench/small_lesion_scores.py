@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.detect.detector import MANIFEST_NAME, LesionDetector, read_manifest  # noqa: E402
 from pipeline.imaging import window_u8  # noqa: E402
 from pipeline.lesions import box_iou  # noqa: E402
-from pipeline.phantom import CaseOptions, ContrastPhase, LesionClass, render_case, sample_case  # noqa: E402
+from pipeline.phantom import CaseOptions, LesionClass, render_case, sample_case  # noqa: E402
+from pipeline.train.detector_data import PHASES, other_phase  # noqa: E402
 
 CLASSES = ("HCC", "ICC", "MET", "FNH", "HEM", "CYST")  # evaluate_holdout.sh's order (then the normal cases)
-PHASES = (ContrastPhase.AP, ContrastPhase.PVP)
 
 
 def detector_at(weights: Path, conf: float, work: Path) -> LesionDetector:
@@ -43,9 +43,10 @@ def detector_at(weights: Path, conf: float, work: Path) -> LesionDetector:
 def best_confidences(det: LesionDetector, case, lesion_ids: set[int]) -> dict[int, float]:
     """Per lesion, the highest confidence of a box overlapping one of its true boxes at IoU 0.1 (0 if none)."""
     best = dict.fromkeys(lesion_ids, 0.0)
+    windowed = {phase: window_u8(case.volumes[phase]) for phase in PHASES}
     for phase in PHASES:
         spacing = case.spec.geometry.slice_spacing_mm
-        for k, found in enumerate(det.detect(window_u8(case.volumes[phase]), spacing)):
+        for k, found in enumerate(det.detect(windowed[phase], spacing, partner_u8=windowed[other_phase(phase)])):
             for b, d in ((b, d) for b in case.boxes[k] if b.lesion_id in best for d in found):
                 if box_iou((d.x1, d.y1, d.x2, d.y2), (b.x1, b.y1, b.x2, b.y2)) >= 0.1:
                     best[b.lesion_id] = max(best[b.lesion_id], d.confidence)

@@ -18,6 +18,8 @@ from .hierarchy import HierarchyLogits, decide
 from .imaging import window_u8
 from .classify.preprocess import GREY, PHASE_PAIR
 from .classify.verifier import lesion_probability
+from .detect.channels import PHASE_PAIR as PHASE_PAIR_DETECTOR
+from .detect.partner import partner_volume
 from .lesion_crops import PhaseImages, lesion_crops
 from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
 from .reporting_rule import is_reported
@@ -38,7 +40,8 @@ class SeriesInput:
 
 
 class Detector(Protocol):
-    def detect(self, slices_u8: np.ndarray, slice_spacing_mm: float | None = None) -> list[list]: ...
+    def detect(self, slices_u8: np.ndarray, slice_spacing_mm: float | None = None,
+               partner_u8: np.ndarray | None = None) -> list[list]: ...
 
 
 class Classifier(Protocol):
@@ -139,8 +142,10 @@ class Analyzer:
         windowed = {s.series_uid: window_u8(ls.hu) for s, ls in loaded}
         per_series: list[list[SeriesLesion]] = []
         detections = {}
+        partners = self._partners(loaded, windowed)
         for s, ls in loaded:
-            detections[s.series_uid] = self.detector.detect(windowed[s.series_uid], ls.geometry.slice_spacing)
+            pair = {"partner_u8": partners[s.series_uid]} if s.series_uid in partners else {}
+            detections[s.series_uid] = self.detector.detect(windowed[s.series_uid], ls.geometry.slice_spacing, **pair)
         result.timings_s["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -207,6 +212,19 @@ class Analyzer:
         result.timings_s["aggregate"] = time.perf_counter() - t
         log.info("study analysed study_uid=%s lesions=%d mode=%s", study_uid, len(result.lesions), mode)
         return result
+
+    def _partners(self, loaded: Sequence[tuple[SeriesInput, LoadedSeries]],
+                  windowed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per series, the other phase on its grid, for a ``phase-pair`` detector that has two series
+        in one Frame of Reference to pair; empty otherwise (each series is then its own partner)."""
+        if getattr(self.detector, "channels", None) != PHASE_PAIR_DETECTOR or len(loaded) != 2:
+            return {}
+        (sa, la), (sb, lb) = loaded
+        frame = la.geometry.frame_of_reference_uid
+        if frame is None or frame != lb.geometry.frame_of_reference_uid:
+            return {}
+        return {sa.series_uid: partner_volume(la.geometry, windowed[sa.series_uid], lb.geometry, windowed[sb.series_uid]),
+                sb.series_uid: partner_volume(lb.geometry, windowed[sb.series_uid], la.geometry, windowed[sa.series_uid])}
 
     def _verify(self, lesions, images, crops: np.ndarray, paired: bool) -> np.ndarray | None:
         """The verifier's logits for every crop row (the classifier's crops, cut again only when the

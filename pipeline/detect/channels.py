@@ -4,6 +4,10 @@
 - ``adjacent-slices`` (2.5D): channels R, G, B carry slices k-1, k, k+1 of the same series, so the
   network sees whether a spot continues along z (a vessel does, noise does not, a small lesion
   spans one or two slices). The first and last slice repeat themselves for the missing neighbour.
+- ``phase-pair``: G carries the slice, R and B the same position in the study's other contrast phase
+  (AP for a PVP series and vice versa, resampled onto this series' grid by ``pipeline.detect.partner``),
+  so a lesion with contrast in both phases is seen through two independent noise draws. Without a
+  partner (one phase only, or no shared Frame of Reference) the slice fills all three channels.
 
 The stack must be one series in its sorted slice order with regular spacing, which
 ``pipeline.series`` guarantees. The neighbours are the slices nearest to ``neighbour_mm`` away
@@ -17,7 +21,8 @@ import numpy as np
 
 GREY = "RGB"
 ADJACENT = "adjacent-slices"
-MODES = (GREY, ADJACENT)
+PHASE_PAIR = "phase-pair"
+MODES = (GREY, ADJACENT, PHASE_PAIR)
 
 
 def check_mode(mode: str) -> str:
@@ -34,10 +39,15 @@ def neighbour_offset(slice_spacing_mm: float | None, neighbour_mm: float | None)
     return max(1, round(neighbour_mm / slice_spacing_mm))
 
 
-def slice_rgb(volume_u8: np.ndarray, k: int, mode: str, offset: int = 1) -> np.ndarray:
+def slice_rgb(volume_u8: np.ndarray, k: int, mode: str, offset: int = 1,
+              partner_u8: np.ndarray | None = None) -> np.ndarray:
     """Input image of slice ``k`` of a windowed [N, H, W] uint8 stack: [H, W, 3] uint8, RGB order;
-    ``offset`` slices to each neighbour in ``adjacent-slices`` mode."""
-    if check_mode(mode) == GREY:
+    ``offset`` slices to each neighbour in ``adjacent-slices`` mode; ``partner_u8`` (same shape) is the
+    other phase on this grid in ``phase-pair`` mode (None: the slice stands in for it)."""
+    mode = check_mode(mode)
+    if mode == GREY or (mode == PHASE_PAIR and partner_u8 is None):
         return np.repeat(volume_u8[k][..., None], 3, axis=2)
+    if mode == PHASE_PAIR:
+        return np.stack([partner_u8[k], volume_u8[k], partner_u8[k]], axis=2)
     last = volume_u8.shape[0] - 1
     return np.stack([volume_u8[max(k - offset, 0)], volume_u8[k], volume_u8[min(k + offset, last)]], axis=2)

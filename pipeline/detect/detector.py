@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.classify.checkpoints import ModelLoadError, sha256_of
-from pipeline.detect.channels import GREY, check_mode, neighbour_offset, slice_rgb
+from pipeline.detect.channels import GREY, PHASE_PAIR, check_mode, neighbour_offset, slice_rgb
 from pipeline.detect.offline import configure_ultralytics_offline
 
 log = logging.getLogger(__name__)
@@ -132,22 +132,31 @@ class LesionDetector:
     def channels(self) -> str:
         return self._manifest.channels
 
-    def detect(self, slices_u8: np.ndarray, slice_spacing_mm: float | None = None) -> list[list[Detection]]:
+    def detect(self, slices_u8: np.ndarray, slice_spacing_mm: float | None = None,
+               partner_u8: np.ndarray | None = None) -> list[list[Detection]]:
         """Detect lesions on windowed uint8 slices [N, H, W] of one series in slice order (or one [H, W]
         slice as N=1; in ``adjacent-slices`` mode it is then its own neighbour). ``slice_spacing_mm``
-        picks the neighbours nearest the manifest's ``neighbour_mm`` (adjacent slices when unknown)."""
+        picks the neighbours nearest the manifest's ``neighbour_mm`` (adjacent slices when unknown).
+        ``partner_u8`` (same shape; ``phase-pair`` mode only, ignored otherwise) is the other contrast
+        phase on this grid (``pipeline.detect.partner``); without it the slice stands in for it."""
         arr = np.asarray(slices_u8)
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3 or arr.dtype != np.uint8:
             raise ValueError(f"expected uint8 [N, H, W], got {arr.dtype} {arr.shape}")
+        partner = None
+        if partner_u8 is not None and self._manifest.channels == PHASE_PAIR:
+            partner = np.asarray(partner_u8)
+            partner = partner[None] if partner.ndim == 2 else partner
+            if partner.shape != arr.shape or partner.dtype != np.uint8:
+                raise ValueError(f"partner must be uint8 {arr.shape}, got {partner.dtype} {partner.shape}")
         out: list[list[Detection]] = []
         m = self._manifest
         offset = neighbour_offset(slice_spacing_mm, m.neighbour_mm)
         for start in range(0, arr.shape[0], self.batch_size):
             stop = min(start + self.batch_size, arr.shape[0])
             # ultralytics takes numpy images as BGR
-            chunk = [slice_rgb(arr, k, m.channels, offset)[..., ::-1] for k in range(start, stop)]
+            chunk = [slice_rgb(arr, k, m.channels, offset, partner)[..., ::-1] for k in range(start, stop)]
             results = self._model.predict(chunk, imgsz=m.imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det,
                                           device=self._device, quantize=self._precision(), verbose=False)
             for r in results:

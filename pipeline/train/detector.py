@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.classify.checkpoints import sha256_of
-from pipeline.detect.channels import ADJACENT, GREY, MODES
+from pipeline.detect.channels import ADJACENT, GREY, MODES, PHASE_PAIR
 from pipeline.detect.offline import configure_ultralytics_offline
 from pipeline.train.detector_data import ExportOptions, export_dataset
 from pipeline.train.hard_negatives import load as load_hard_negatives
@@ -37,9 +37,10 @@ def centre_channel_init(detection_model: torch.nn.Module) -> None:
     """Fold the first convolution's three input-channel weights onto the centre (G) channel.
 
     A detector trained on grey input saw the same slice in R, G and B, so only the sum of the
-    three weights mattered. Folded, the network gives on (k-1, k, k+1) exactly what it gave on
-    (k, k, k): 2.5D fine-tuning then starts from the grey detector and learns to use the
-    neighbours, instead of starting from untrained per-channel differences.
+    three weights mattered. Folded, the network gives on (k-1, k, k+1), or on (other phase, k,
+    other phase), exactly what it gave on (k, k, k): 2.5D or phase-pair fine-tuning then starts
+    from the grey detector and learns to use the extra channels, instead of starting from
+    untrained per-channel differences.
     """
     conv = next(m for m in detection_model.modules() if isinstance(m, torch.nn.Conv2d))
     if conv.in_channels != 3:
@@ -58,7 +59,8 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
                    ultra_version: str, metrics: dict[str, float], epochs_run: int, wall_s: float,
                    max_det: int = 100, train_crop: int | None = None, train_upsample: float = 1.0,
                    train_small_repeats: int = 0, train_hard_negatives: int = 0, val_fraction: float = 0.2,
-                   version: str = "0.1.0-phantom", channels: str = GREY, slice_spacing_mm: float = 5.0) -> None:
+                   version: str = "0.1.0-phantom", channels: str = GREY, slice_spacing_mm: float = 5.0,
+                   single_phase_fraction: float = 0.0, partner_jitter_px: int = 0) -> None:
     crop_lines = []
     if train_crop:
         window = ("native-resolution crops of this size" if train_upsample == 1.0
@@ -86,6 +88,9 @@ def write_manifest(path: Path, *, weights: Path, arch: str, imgsz: int, seed: in
         f"channels = {_toml_str(channels)}  # pipeline.detect.channels",
         *([f"neighbour_mm = {slice_spacing_mm:g}  # the training slices' spacing: neighbours are sought this far away"]
           if channels == ADJACENT else []),
+        *([f"train_single_phase_fraction = {single_phase_fraction:g}  # series shown without their partner phase",
+           f"train_partner_jitter_px = {partner_jitter_px}  # largest random shift of the partner phase"]
+          if channels == PHASE_PAIR else []),
         *crop_lines,
         "",
         "[thresholds]",
@@ -152,9 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr0", type=float, default=0.002)
     p.add_argument("--version", default="0.1.0-phantom", help="model version written to the manifest")
     p.add_argument("--channels", default=GREY, choices=MODES,
-                   help="input channels: the slice in all three (published) or slices k-1, k, k+1 (2.5D)")
+                   help="input channels: the slice in all three (published), slices k-1, k, k+1 (2.5D), "
+                        "or the slice with the other phase beside it (phase-pair)")
     p.add_argument("--centre-init", action="store_true",
-                   help="with --init from a grey detector: fold its first conv onto the centre channel (2.5D start)")
+                   help="with --init from a grey detector: fold its first conv onto the centre channel "
+                        "(the start of a 2.5D or phase-pair detector)")
+    p.add_argument("--single-phase-fraction", type=float, default=0.2,
+                   help="phase-pair: fraction of training series shown without their partner phase")
+    p.add_argument("--partner-jitter", type=int, default=2,
+                   help="phase-pair: largest random shift (native px) of the partner phase, as misregistration")
     args = p.parse_args(argv)
     if args.init is not None and args.pretrained is not None:
         p.error("--init continues a checkpoint, --pretrained seeds a new architecture: give one")
@@ -181,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     export_opts = ExportOptions(seed=args.seed, n_cases=args.cases, imgsz=train_imgsz,
                                 negative_fraction=args.negatives, val_fraction=args.val_fraction, crop=args.crop,
                                 upsample=args.upsample, small_repeats=args.small_repeats, channels=args.channels,
+                                single_phase_fraction=args.single_phase_fraction, partner_jitter_px=args.partner_jitter,
                                 hard_negatives=load_hard_negatives(args.hard_negatives) if args.hard_negatives else ())
     infer_imgsz = args.infer_imgsz or (round(512 * args.upsample) if args.crop else args.imgsz)
     if args.reuse_data and (out / "data" / "data.yaml").is_file():
@@ -229,7 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    metrics=metrics, epochs_run=int(trainer.epoch) + 1, wall_s=wall, train_crop=args.crop,
                    train_upsample=args.upsample, train_small_repeats=args.small_repeats,
                    train_hard_negatives=len(export_opts.hard_negatives), val_fraction=args.val_fraction,
-                   version=args.version, channels=args.channels, slice_spacing_mm=export_opts.slice_thickness_mm)
+                   version=args.version, channels=args.channels, slice_spacing_mm=export_opts.slice_thickness_mm,
+                   single_phase_fraction=export_opts.single_phase_fraction,
+                   partner_jitter_px=export_opts.partner_jitter_px)
     log.info("wrote %s (%.1f MB), train wall %.0f s, metrics %s", dest, dest.stat().st_size / 1e6, wall, metrics)
     return 0
 

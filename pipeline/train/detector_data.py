@@ -25,8 +25,13 @@ Hard negatives (``hard_negatives``, crop mode, training split only): one more wi
 centred on a place where a trained detector reported a lesion that is not there (stems end
 ``h0``, ``h1``, ...), labelled with any true lesion inside it.
 
-Input channels (``channels``): grey replicated (``RGB``, as the published detector) or slices k-1, k,
-k+1 (``adjacent-slices``); see ``pipeline.detect.channels``. Crops cut all three alike.
+Input channels (``channels``): grey replicated (``RGB``, as the published detector), slices k-1, k,
+k+1 (``adjacent-slices``) or the slice with the other phase at the same position (``phase-pair``);
+see ``pipeline.detect.channels``. Crops cut all three alike. In ``phase-pair`` mode each series gets,
+from its own random stream (the crop windows of the other modes stay as they were), either no partner
+(``single_phase_fraction`` of series: a study with one phase) or the other phase shifted by up to
+``partner_jitter_px`` in x and y, so the network does not learn to rely on a registration that
+breathing and table motion do not give in real studies.
 
 Tiny lesions: a box whose area at training scale is below ``min_area_px`` (default 4 px)
 is dropped from the labels; such slices are still exported (they count as lesion slices,
@@ -42,13 +47,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.detect.channels import GREY, check_mode, slice_rgb
+from pipeline.detect.channels import GREY, PHASE_PAIR, check_mode, slice_rgb
 from pipeline.imaging import window_u8
 from pipeline.phantom import CaseOptions, ContrastPhase, LesionBox, render_case, sample_case
 
 log = logging.getLogger(__name__)
 
 PHASES: tuple[ContrastPhase, ...] = (ContrastPhase.AP, ContrastPhase.PVP)
+
+
+def other_phase(phase: ContrastPhase) -> ContrastPhase:
+    """AP for PVP and PVP for AP: a phantom series' partner (one Frame of Reference, one grid, no motion)."""
+    return PHASES[1 - PHASES.index(phase)]
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class ExportOptions:
     small_box_px: float = 16.0  # long side in native px (about 11 mm at 0.71 mm/px)
     hard_negatives: tuple[HardNegative, ...] = ()  # crop mode, train split: an extra window centred on each
     channels: str = GREY  # pipeline.detect.channels mode
+    single_phase_fraction: float = 0.2  # phase-pair: series shown without their partner
+    partner_jitter_px: int = 2  # phase-pair: largest shift of the partner in x and y (native px)
 
     def __post_init__(self) -> None:
         check_mode(self.channels)
@@ -168,6 +180,27 @@ def centred_window(cx: float, cy: float, width: int, height: int, crop: int) -> 
     return x0, y0
 
 
+def shifted(volume: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """[N, H, W] moved by (dy, dx) pixels, edges repeated into the uncovered border."""
+    h, w = volume.shape[1:]
+    padded = np.pad(volume, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx))), mode="edge")
+    return padded[:, abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+
+
+def partners(volumes: dict[ContrastPhase, np.ndarray], opts: ExportOptions,
+             rng: np.random.Generator) -> dict[ContrastPhase, np.ndarray | None]:
+    """Per phase of one case, the partner stack its ``phase-pair`` images carry (None: no partner)."""
+    out: dict[ContrastPhase, np.ndarray | None] = {}
+    for phase in PHASES:
+        other = volumes[other_phase(phase)]
+        if rng.random() < opts.single_phase_fraction:
+            out[phase] = None
+        else:
+            j = opts.partner_jitter_px
+            out[phase] = shifted(other, int(rng.integers(-j, j + 1)), int(rng.integers(-j, j + 1)))
+    return out
+
+
 def _view(image: np.ndarray, boxes: Sequence[LesionBox], target: Sequence[LesionBox], opts: ExportOptions,
           rng: np.random.Generator, centre: tuple[float, float] | None = None,
           ) -> tuple[np.ndarray, Sequence[LesionBox], int]:
@@ -201,6 +234,7 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
     root = Path(root).resolve()
     n_val = max(1, round(opts.n_cases * opts.val_fraction))
     rng = np.random.default_rng([opts.seed, 77])
+    pair_rng = np.random.default_rng([opts.seed, 78])
     counts = {"train": 0, "val": 0}
     n_boxes = n_dropped = 0
     for split in counts:
@@ -212,8 +246,10 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
     for index in range(opts.n_cases):
         split = "val" if index >= opts.n_cases - n_val else "train"
         case = render_case(sample_case(opts.seed, index, case_options(opts)))
+        volumes = {phase: window_u8(case.volumes[phase]) for phase in PHASES}
+        partner = partners(volumes, opts, pair_rng) if opts.channels == PHASE_PAIR else {}
         for phase in PHASES:
-            vol = window_u8(case.volumes[phase])
+            vol = volumes[phase]
             _, height, width = vol.shape
             scale = opts.upsample if opts.crop else opts.imgsz / max(height, width)
             for k in range(vol.shape[0]):
@@ -230,7 +266,7 @@ def export_dataset(root: Path, opts: ExportOptions) -> ExportSummary:
                     n_dropped += cut + dropped
                     counts[split] += 1
 
-                image = slice_rgb(vol, k, opts.channels)
+                image = slice_rgb(vol, k, opts.channels, partner_u8=partner.get(phase))
                 # the detector's own confident mistakes, shown as background (labelled with any true lesion there)
                 for j, hard in enumerate(hard_by_slice.get((index, phase.value, k), []) if split == "train" else []):
                     emit(f"h{j}", _view(image, boxes, boxes, opts, rng, (hard.cx, hard.cy)))

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.imaging import window_u8
 from pipeline.lesions import box_iou
 from pipeline.phantom import render_case, sample_case
-from pipeline.train.detector_data import PHASES, ExportOptions, HardNegative, case_options
+from pipeline.train.detector_data import PHASES, ExportOptions, HardNegative, case_options, other_phase
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ def mine(detector, opts: ExportOptions, cases: range, min_conf: float) -> list[H
     found: list[HardNegative] = []
     for index in cases:
         case = render_case(sample_case(opts.seed, index, case_options(opts)))
+        windowed = {phase: window_u8(case.volumes[phase]) for phase in PHASES}
         for phase in PHASES:
-            detections = detector.detect(window_u8(case.volumes[phase]))
+            detections = detector.detect(windowed[phase], partner_u8=windowed[other_phase(phase)])
             for k, dets in enumerate(detections):
                 for d in false_boxes(dets, case.boxes[k], min_conf):
                     found.append(HardNegative(index, phase.value, k, (d.x1 + d.x2) / 2, (d.y1 + d.y2) / 2,

@@ -28,7 +28,7 @@ from pipeline.classify.preprocess import crop_around_box
 from pipeline.imaging import window_u8
 from pipeline.phantom import render_case, sample_case
 from pipeline.train.classifier_data import ALL_CLASSES, BACKGROUND, PAIRED, CropSet, jitter_box, shift_box
-from pipeline.train.detector_data import PHASES, ExportOptions, case_options
+from pipeline.train.detector_data import PHASES, ExportOptions, case_options, other_phase
 from pipeline.train.hard_negatives import detector_and_cases, false_boxes
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def case_samples(case, index: int, detector, rng: np.random.Generator, *, min_co
     windowed = {ph: window_u8(case.volumes[ph]) for ph in PHASES}
     crops, meta = [], []
     for p, phase in enumerate(PHASES):
-        for k, dets in enumerate(detector.detect(windowed[phase])):
+        for k, dets in enumerate(detector.detect(windowed[phase], partner_u8=windowed[other_phase(phase)])):
             for d in false_boxes(dets, case.boxes[k], min_conf):
                 box = (d.x1, d.y1, d.x2, d.y2)
                 crops.append(_pair(windowed, p, k, box, shift_box(box, rng, pair_shift_px)))

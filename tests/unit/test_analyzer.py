@@ -131,6 +131,37 @@ def test_phase_pair_classifier_gets_ap_and_pvp_of_each_lesion_slice(phantom):
     assert np.array_equal(classifier.pairs[:, 0], classifier.pairs[:, 1])
 
 
+class PairOracle(OracleDetector):
+    """A detector that takes phase pairs: records the partner it is given with each series."""
+
+    channels = "phase-pair"
+
+    def __init__(self, boxes) -> None:
+        super().__init__(boxes)
+        self.calls: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def detect(self, slices_u8, slice_spacing_mm=None, partner_u8=None):
+        self.calls.append((slices_u8, partner_u8))
+        return super().detect(slices_u8, slice_spacing_mm)
+
+
+def test_phase_pair_detector_sees_each_phase_with_the_other_as_its_partner(phantom):
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = study_inputs(series, PhaseRules())
+    detector = PairOracle(_oracle(out).boxes)
+    result = Analyzer(detector, FixedClassifier(), []).run_study(study_uid, inputs)
+    assert len(result.lesions) == 1  # the oracle's boxes still make one lesion over both phases
+    (ap, ap_partner), (pvp, pvp_partner) = detector.calls
+    # one grid and one Frame of Reference in the phantom: each partner is the other series, pixel for pixel
+    np.testing.assert_array_equal(ap_partner, pvp)
+    np.testing.assert_array_equal(pvp_partner, ap)
+    # one phase only: no partner, the detector shows the slice alone
+    detector.calls.clear()
+    Analyzer(detector, FixedClassifier(), []).run_study(study_uid, [s for s in inputs if s.phase == "AP"])
+    assert len(detector.calls) == 1 and detector.calls[0][1] is None
+
+
 def test_lesion_needs_one_box_above_the_lesion_threshold(phantom):
     out, _ = phantom
     (study_uid, series), = scan_studies(out).items()

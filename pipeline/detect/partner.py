@@ -1,0 +1,42 @@
+"""The other contrast phase on this series' grid: the partner channels of a ``phase-pair`` detector.
+
+Each pixel of the target series takes the nearest voxel of the source series at the same patient
+coordinates (both series must share one Frame of Reference, which the caller checks). Nearest
+neighbour, not interpolation: the detector was trained on unresampled pixels, and an interpolated
+partner would carry less noise than the slice beside it. Where the source does not reach (beyond
+its slab by more than one slice spacing, or outside its field of view) the target's own pixel
+stands in, which is what the detector sees for a study with one phase.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.series import Geometry
+
+
+def partner_volume(target: Geometry, target_u8: np.ndarray, source: Geometry, source_u8: np.ndarray) -> np.ndarray:
+    """``source_u8`` [S, h, w] resampled onto the grid of ``target_u8`` [N, H, W]: [N, H, W] uint8."""
+    n, rows, cols = target_u8.shape
+    out = target_u8.copy()
+    src_pos = source.positions
+    src_spacing = max(abs(source.slice_spacing), 1e-3)
+    r = np.arange(rows, dtype=np.float64)[:, None]
+    c = np.arange(cols, dtype=np.float64)[None, :]
+    u, v = target.row_direction, target.column_direction
+    for k in range(n):
+        centre = target.to_patient(k, (rows - 1) / 2.0, (cols - 1) / 2.0)
+        along = float(np.dot(centre, source.normal))
+        i = int(np.argmin(np.abs(src_pos - along)))
+        if abs(src_pos[i] - along) > src_spacing:
+            continue
+        # patient point of pixel (r, c) = origin_k + c*dc*u + r*dr*v; its source row/column are affine in (r, c)
+        d0 = target.origins[k] - source.origins[i]
+        dr, dc = target.pixel_spacing
+        sr, sc = source.pixel_spacing
+        a = source.column_direction / sr
+        b = source.row_direction / sc
+        src_r = np.rint(d0 @ a + r * dr * (v @ a) + c * dc * (u @ a)).astype(np.int64)
+        src_c = np.rint(d0 @ b + r * dr * (v @ b) + c * dc * (u @ b)).astype(np.int64)
+        inside = (src_r >= 0) & (src_r < source_u8.shape[1]) & (src_c >= 0) & (src_c < source_u8.shape[2])
+        out[k][inside] = source_u8[i][src_r[inside], src_c[inside]]
+    return out
