@@ -22,21 +22,27 @@ def partner_volume(target: Geometry, target_u8: np.ndarray, source: Geometry, so
     src_spacing = max(abs(source.slice_spacing), 1e-3)
     r = np.arange(rows, dtype=np.float64)[:, None]
     c = np.arange(cols, dtype=np.float64)[None, :]
+    dr, dc = target.pixel_spacing
+    a = source.column_direction / source.pixel_spacing[0]  # patient offset -> source row
+    b = source.row_direction / source.pixel_spacing[1]  # patient offset -> source column
     u, v = target.row_direction, target.column_direction
+    # source (row, column) of target pixel (r, c) is affine in (r, c); only the offset changes per slice
+    row_r, row_c = r * dr * (v @ a), c * dc * (u @ a)
+    col_r, col_c = r * dr * (v @ b), c * dc * (u @ b)
+    cached: tuple[tuple[float, float], tuple[np.ndarray, ...]] | None = None
     for k in range(n):
         centre = target.to_patient(k, (rows - 1) / 2.0, (cols - 1) / 2.0)
         along = float(np.dot(centre, source.normal))
         i = int(np.argmin(np.abs(src_pos - along)))
         if abs(src_pos[i] - along) > src_spacing:
             continue
-        # patient point of pixel (r, c) = origin_k + c*dc*u + r*dr*v; its source row/column are affine in (r, c)
         d0 = target.origins[k] - source.origins[i]
-        dr, dc = target.pixel_spacing
-        sr, sc = source.pixel_spacing
-        a = source.column_direction / sr
-        b = source.row_direction / sc
-        src_r = np.rint(d0 @ a + r * dr * (v @ a) + c * dc * (u @ a)).astype(np.int64)
-        src_c = np.rint(d0 @ b + r * dr * (v @ b) + c * dc * (u @ b)).astype(np.int64)
-        inside = (src_r >= 0) & (src_r < source_u8.shape[1]) & (src_c >= 0) & (src_c < source_u8.shape[2])
-        out[k][inside] = source_u8[i][src_r[inside], src_c[inside]]
+        offset = (round(float(d0 @ a), 6), round(float(d0 @ b), 6))
+        if cached is None or cached[0] != offset:  # parallel series in register: computed once per study
+            src_r = np.rint(offset[0] + row_r + row_c).astype(np.int64)
+            src_c = np.rint(offset[1] + col_r + col_c).astype(np.int64)
+            inside = (src_r >= 0) & (src_r < source_u8.shape[1]) & (src_c >= 0) & (src_c < source_u8.shape[2])
+            cached = offset, (inside, src_r[inside], src_c[inside])
+        inside, src_r, src_c = cached[1]
+        out[k][inside] = source_u8[i][src_r, src_c]
     return out
