@@ -53,8 +53,10 @@ def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
         classes = {les["lesion_id"]: les["class"] for les in d["lesions"]}
         diameters = {les["lesion_id"]: float(max(les["diameters_mm"][:2])) for les in d["lesions"]
                      if "diameters_mm" in les}
-        contrasts = {les["lesion_id"]: max(abs(float(v)) for k, v in les["contrast_hu"].items() if k in ("AP", "PVP"))
-                     for les in d["lesions"] if any(k in ("AP", "PVP") for k in les.get("contrast_hu", {}))}
+        # a lesion that falls between slices has no measured contrast (null): it is in no slice's truth either
+        measured = {les["lesion_id"]: [abs(float(v)) for k, v in les.get("contrast_hu", {}).items()
+                                       if k in ("AP", "PVP") and v is not None] for les in d["lesions"]}
+        contrasts = {lesion_id: max(values) for lesion_id, values in measured.items() if values}
         boxes: dict[str, list] = {}
         for entries in d["boxes"].values():
             for e in entries:
