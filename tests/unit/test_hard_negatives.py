@@ -32,13 +32,20 @@ def test_false_boxes_are_confident_and_off_every_true_lesion():
 class FixedDetector:
     """Reports one box at a fixed place on every slice."""
 
-    def detect(self, slices_u8, slice_spacing_mm=None):
+    def __init__(self) -> None:
+        self.shown: list[tuple] = []
+
+    def detect(self, slices_u8, slice_spacing_mm=None, partner_u8=None):
+        self.shown.append((slices_u8, partner_u8))
         return [[Det(20, 20, 40, 40, 0.7)] for _ in slices_u8]
 
 
 def test_mining_finds_the_fixed_false_box_on_every_slice(tmp_path):
     opts = ExportOptions(seed=5, n_slices=6)
-    found = mine(FixedDetector(), opts, range(1), min_conf=0.5)
+    detector = FixedDetector()
+    found = mine(detector, opts, range(1), min_conf=0.5)
+    (ap, ap_partner), (pvp, pvp_partner) = detector.shown  # a phase-pair detector sees each with the other
+    assert ap_partner is pvp and pvp_partner is ap and not (ap == pvp).all()
     assert len(found) == 2 * 6  # AP and PVP, every slice: (20..40, 20..40) is air, never a lesion
     assert {h.phase for h in found} == {"AP", "PVP"} and all((h.cx, h.cy) == (30, 30) for h in found)
     save(tmp_path / "m.json", found, {"seed": 5})

@@ -67,7 +67,7 @@ def test_verifier_refuses_a_manifest_without_threshold(tmp_path):
 class AirDetector:
     """One box in the air outside the body on every slice: never a lesion."""
 
-    def detect(self, slices_u8, slice_spacing_mm=None):
+    def detect(self, slices_u8, slice_spacing_mm=None, partner_u8=None):
         return [[Det(4, 4, 20, 20, 0.6)] for _ in slices_u8]
 
 
