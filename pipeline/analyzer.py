@@ -144,8 +144,8 @@ class Analyzer:
         detections = {}
         partners = self._partners(loaded, windowed)
         for s, ls in loaded:
-            pair = {"partner_u8": partners[s.series_uid]} if s.series_uid in partners else {}
-            detections[s.series_uid] = self.detector.detect(windowed[s.series_uid], ls.geometry.slice_spacing, **pair)
+            detections[s.series_uid] = self.detector.detect(windowed[s.series_uid], ls.geometry.slice_spacing,
+                                                            partner_u8=partners.get(s.series_uid))
         result.timings_s["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -33,7 +33,7 @@ class OracleDetector:
     def __init__(self, boxes_by_image: dict[bytes, list[tuple]]) -> None:
         self.boxes = boxes_by_image
 
-    def detect(self, slices_u8, slice_spacing_mm=None):
+    def detect(self, slices_u8, slice_spacing_mm=None, partner_u8=None):
         return [[Det(*b, 0.9) for b in self.boxes.get(s.tobytes(), [])] for s in slices_u8]
 
 
@@ -176,7 +176,7 @@ def test_lesion_needs_one_box_above_the_lesion_threshold(phantom):
 class OracleAndAirDetector(OracleDetector):
     """The true boxes plus one box in the air outside the body on every slice (a false candidate)."""
 
-    def detect(self, slices_u8, slice_spacing_mm=None):
+    def detect(self, slices_u8, slice_spacing_mm=None, partner_u8=None):
         return [found + [Det(4, 4, 20, 20, 0.9)] for found in super().detect(slices_u8, slice_spacing_mm)]
 
 
