@@ -1,7 +1,6 @@
 """Detector input channels: grey replicated (published) or adjacent slices (2.5D), alike in training and inference."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from pipeline.detect.offline import configure_ultralytics_offline
 from pipeline.imaging import window_u8
 from pipeline.phantom import render_case, sample_case
 from pipeline.train.detector_data import ExportOptions, case_options, export_dataset
+from tests.support.detectors import recording_detector, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,16 +43,9 @@ def test_unknown_channel_mode_is_refused_by_name() -> None:
         ExportOptions(channels="2.5d")
 
 
-def _manifest(d: Path, channels: str, extra: str = "") -> None:
-    sha = hashlib.sha256((d / "detector.pt").read_bytes()).hexdigest()
-    (d / "detector.manifest.toml").write_text(
-        f'name = "t"\nversion = "0"\nfile = "detector.pt"\nsha256 = "{sha}"\n'
-        f'[input]\nimgsz = 256\nchannels = "{channels}"\n{extra}[thresholds]\nconf = 0.25\niou = 0.5\nmax_det = 100\n')
-
-
 def test_manifest_with_an_unknown_channel_mode_does_not_load(tmp_path: Path) -> None:
     (tmp_path / "detector.pt").write_bytes(b"weights")
-    _manifest(tmp_path, "depth")
+    write_manifest(tmp_path, "depth")
     with pytest.raises(DetectorLoadError, match="invalid manifest"):
         LesionDetector.from_manifest(tmp_path)
 
@@ -65,17 +58,9 @@ def test_inference_input_matches_the_training_image_as_ultralytics_reads_it(tmp_
     opts = ExportOptions(seed=1000, n_cases=1, imgsz=512, negative_fraction=1.0, val_fraction=1.0, n_slices=6,
                          channels=ADJACENT)
     export_dataset(tmp_path / "data", opts)
-    configure_ultralytics_offline(REPO / ".yolo")
-    from ultralytics import YOLO  # noqa: PLC0415
-
     (tmp_path / "w").mkdir()
-    YOLO("yolov8n.yaml").save(str(tmp_path / "w" / "detector.pt"))
-    _manifest(tmp_path / "w", ADJACENT)
-    det = LesionDetector.from_manifest(tmp_path / "w", device="cpu", batch_size=4)
+    det, seen = recording_detector(tmp_path / "w", ADJACENT, batch_size=4)
     assert det.channels == ADJACENT
-    seen: list[np.ndarray] = []
-    predict = det._model.predict
-    det._model.predict = lambda images, **kw: seen.extend(images) or predict(images, **kw)
 
     phase = "PVP"
     from pipeline.phantom import ContrastPhase  # noqa: PLC0415
@@ -141,15 +126,7 @@ def test_trainer_manifest_records_the_channel_mode_and_neighbour_distance(tmp_pa
 
 
 def test_detector_takes_neighbours_at_the_manifest_distance_given_the_series_spacing(tmp_path: Path) -> None:
-    configure_ultralytics_offline(REPO / ".yolo")
-    from ultralytics import YOLO  # noqa: PLC0415
-
-    YOLO("yolov8n.yaml").save(str(tmp_path / "detector.pt"))
-    _manifest(tmp_path, ADJACENT, "neighbour_mm = 5.0\n")
-    det = LesionDetector.from_manifest(tmp_path, device="cpu", batch_size=8)
-    seen: list[np.ndarray] = []
-    predict = det._model.predict
-    det._model.predict = lambda images, **kw: seen.extend(images) or predict(images, **kw)
+    det, seen = recording_detector(tmp_path, ADJACENT, "neighbour_mm = 5.0\n")
     vol = np.stack([np.full((64, 64), 20 * k, np.uint8) for k in range(6)])
     det.detect(vol, slice_spacing_mm=2.5)  # 2 slices to 5 mm
     det.detect(vol)  # spacing unknown: the adjacent slices

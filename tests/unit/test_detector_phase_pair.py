@@ -2,7 +2,6 @@
 R and B, built alike for training (``detector_data``) and inference (``partner_volume`` + detector)."""
 from __future__ import annotations
 
-import hashlib
 import itertools
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from pipeline.detect.channels import GREY, PHASE_PAIR, slice_rgb
 from pipeline.detect.partner import partner_volume
 from pipeline.series import Geometry
 from pipeline.train.detector_data import ExportOptions, export_dataset, other_phase, shifted
+from tests.support.detectors import recording_detector
 
-REPO = Path(__file__).resolve().parents[2]
 AXIAL = dict(row_direction=np.array([1.0, 0.0, 0.0]), column_direction=np.array([0.0, 1.0, 0.0]))
 
 
@@ -136,26 +135,8 @@ def _window(image: np.ndarray, crop: np.ndarray) -> tuple[int, int]:
     raise AssertionError("crop not found in its slice")
 
 
-def _manifest(d: Path, channels: str) -> None:
-    sha = hashlib.sha256((d / "detector.pt").read_bytes()).hexdigest()
-    (d / "detector.manifest.toml").write_text(
-        f'name = "t"\nversion = "0"\nfile = "detector.pt"\nsha256 = "{sha}"\n'
-        f'[input]\nimgsz = 256\nchannels = "{channels}"\n[thresholds]\nconf = 0.25\niou = 0.5\nmax_det = 100\n')
-
-
 def test_detector_feeds_the_partner_as_trained_and_refuses_a_mismatched_one(tmp_path: Path) -> None:
-    from pipeline.detect.detector import LesionDetector  # noqa: PLC0415
-    from pipeline.detect.offline import configure_ultralytics_offline  # noqa: PLC0415
-
-    configure_ultralytics_offline(REPO / ".yolo")
-    from ultralytics import YOLO  # noqa: PLC0415
-
-    YOLO("yolov8n.yaml").save(str(tmp_path / "detector.pt"))
-    _manifest(tmp_path, PHASE_PAIR)
-    det = LesionDetector.from_manifest(tmp_path, device="cpu", batch_size=8)
-    seen: list[np.ndarray] = []
-    predict = det._model.predict
-    det._model.predict = lambda images, **kw: seen.extend(images) or predict(images, **kw)
+    det, seen = recording_detector(tmp_path, PHASE_PAIR)
     own, partner = _random((3, 64, 64), 1), _random((3, 64, 64), 2)
     det.detect(own, 5.0, partner_u8=partner)
     det.detect(own, 5.0)
