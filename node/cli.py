@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-lesion-sweep", metavar="P1,P2,...",
                    help="with --lesion-conf-sweep: also each lesion-verifier threshold (a run at p_lesion 0); "
                         "a lesion then stays when it reaches the lesion_conf or the p_lesion")
+    p.add_argument("--candidate-conf", type=float, metavar="C",
+                   help="with --lesion-conf-sweep: first drop candidates whose tracks stay below C, as a verifier's "
+                        "candidate_conf C would (a run at a lower one)")
 
     p = sub.add_parser("phantom", help="write synthetic multiphase liver CT studies with ground truth", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -157,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except ValueError:
             print("liver-node: --lesion-conf-sweep and --p-lesion-sweep want numbers like 0.3,0.4", file=sys.stderr)
             return 2
-        for key, m in lesion_conf_sweep(args.results, truths, thresholds, p_lesions).items():
+        for key, m in lesion_conf_sweep(args.results, truths, thresholds, p_lesions, args.candidate_conf).items():
             t, p = key if p_lesions is not None else (key, None)
             f1 = 2 * m["lesion_recall"] * m["lesion_precision"] / max(m["lesion_recall"] + m["lesion_precision"], 1e-9)
             print(f"lesion_conf {t:.2f}" + (f" p_lesion {p:.2f}" if p is not None else "") +

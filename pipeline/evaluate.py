@@ -270,11 +270,15 @@ def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 
 
 
 def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth], thresholds: list[float],
-                      p_lesions: list[float] | None = None) -> dict:
+                      p_lesions: list[float] | None = None, candidate_conf: float | None = None) -> dict:
     """Lesion-level detection at IoU 0.1 for each candidate ``lesion_conf`` (pick it on validation data).
     With ``p_lesions`` (a run with a verifier at p_lesion 0): for each (lesion_conf, p_lesion) pair, the
-    run's candidates kept as the analyzer keeps them (confidence >= lesion_conf, or p(lesion) >= p_lesion)."""
+    run's candidates kept as the analyzer keeps them (confidence >= lesion_conf, or p(lesion) >= p_lesion).
+    ``candidate_conf`` first drops the candidates a verifier with that floor is never asked about, so one
+    run at a low floor also scores the higher ones."""
     results = load_results(results_dir)
+    if candidate_conf is not None:
+        results = at_lesion_conf(results, candidate_conf)
     if p_lesions is None:
         return {t: detection_metrics(at_lesion_conf(results, t), truths)["iou_0.1"] for t in thresholds}
     return {(t, p): detection_metrics(at_p_lesion(results, p, accept_conf=t), truths)["iou_0.1"]

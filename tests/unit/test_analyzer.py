@@ -291,3 +291,9 @@ def test_evaluate_command_sweeps_detector_and_verifier_thresholds(phantom, tmp_p
     assert lines[2].startswith("lesion_conf 0.95 p_lesion 0.00: lesion_recall=1.000 lesion_precision=0.500")
     assert lines[3].startswith("lesion_conf 0.95 p_lesion 0.50: lesion_recall=1.000 lesion_precision=1.000")
     assert "false_lesions_per_case=0.00" in lines[3]
+    # a verifier floor above the candidates' 0.9 leaves nothing to keep; at 0.9 nothing changes
+    for floor, recall in (("0.95", "0.000"), ("0.9", "1.000")):
+        assert main(["evaluate", str(tmp_path / "results"), "--truth", str(out), "--lesion-conf-sweep", "0.95",
+                     "--p-lesion-sweep", "0.5", "--candidate-conf", floor]) == 0
+        (line,) = capsys.readouterr().out.strip().splitlines()
+        assert line.startswith(f"lesion_conf 0.95 p_lesion 0.50: lesion_recall={recall}")
