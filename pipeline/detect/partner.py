@@ -5,7 +5,9 @@ coordinates (both series must share one Frame of Reference, which the caller che
 neighbour, not interpolation: the detector was trained on unresampled pixels, and an interpolated
 partner would carry less noise than the slice beside it. Where the source does not reach (beyond
 its slab by more than one slice spacing, or outside its field of view) the target's own pixel
-stands in, which is what the detector sees for a study with one phase.
+stands in, which is what the detector sees for a study with one phase. So it does for a whole
+series whose planes are not parallel to the source's (gantry tilt, an oblique reformat): one source
+slice per target slice would then be the wrong slice away from the centre.
 """
 from __future__ import annotations
 
@@ -13,11 +15,22 @@ import numpy as np
 
 from pipeline.series import Geometry
 
+# planes within 0.8 degrees: 2.8 mm out of plane 200 mm from the centre, about half a 5-mm slice
+PARALLEL_COS = 1.0 - 1e-4
+
+
+def _nearest(x: np.ndarray) -> np.ndarray:
+    """Round half up, a hair early: a target grid half a pixel off the source's then takes every
+    source column once, where ``np.rint``'s half-to-even and float noise skip some and repeat others."""
+    return np.floor(x + 0.5 + 1e-6).astype(np.int64)
+
 
 def partner_volume(target: Geometry, target_u8: np.ndarray, source: Geometry, source_u8: np.ndarray) -> np.ndarray:
     """``source_u8`` [S, h, w] resampled onto the grid of ``target_u8`` [N, H, W]: [N, H, W] uint8."""
     n, rows, cols = target_u8.shape
     out = target_u8.copy()
+    if abs(float(target.normal @ source.normal)) < PARALLEL_COS:
+        return out
     src_pos = source.positions
     src_spacing = max(abs(source.slice_spacing), 1e-3)
     r = np.arange(rows, dtype=np.float64)[:, None]
@@ -39,8 +52,8 @@ def partner_volume(target: Geometry, target_u8: np.ndarray, source: Geometry, so
         d0 = target.origins[k] - source.origins[i]
         offset = (round(float(d0 @ a), 6), round(float(d0 @ b), 6))
         if cached is None or cached[0] != offset:  # parallel series in register: computed once per study
-            src_r = np.rint(offset[0] + row_r + row_c).astype(np.int64)
-            src_c = np.rint(offset[1] + col_r + col_c).astype(np.int64)
+            src_r = _nearest(offset[0] + row_r + row_c)
+            src_c = _nearest(offset[1] + col_r + col_c)
             inside = (src_r >= 0) & (src_r < source_u8.shape[1]) & (src_c >= 0) & (src_c < source_u8.shape[2])
             cached = offset, (inside, src_r[inside], src_c[inside])
         inside, src_r, src_c = cached[1]

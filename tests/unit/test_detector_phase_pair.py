@@ -70,6 +70,25 @@ def test_partner_beyond_the_source_slab_is_the_slice_itself() -> None:
     np.testing.assert_array_equal(out[3], target[3])  # z 15: more than one source spacing away
 
 
+def test_partner_half_a_pixel_off_takes_every_source_column_once() -> None:
+    # 0.7 mm pixels, the source starting 0.35 mm further left: each target pixel is half-way between two
+    target = np.zeros((1, 2, 12), np.uint8)
+    source = np.tile(np.arange(12, dtype=np.uint8), (1, 2, 1))
+    out = partner_volume(_geometry(1, spacing=(0.7, 0.7)), target, _geometry(1, x0=-0.35, spacing=(0.7, 0.7)), source)
+    assert out[0, 0].tolist() == list(range(1, 12)) + [0]  # columns 1..11, then the target's own pixel
+
+
+def test_partner_from_a_tilted_series_is_not_used() -> None:
+    target, source = _random((3, 6, 6), 1), _random((3, 6, 6), 2)
+    t = np.radians(15.0)
+    tilted = Geometry(origins=np.array([[0.0, 0.0, 5.0 * k] for k in range(3)]), pixel_spacing=(1.0, 1.0),
+                      frame_of_reference_uid="1.2.3", row_direction=np.array([1.0, 0.0, 0.0]),
+                      column_direction=np.array([0.0, np.cos(t), np.sin(t)]))
+    np.testing.assert_array_equal(partner_volume(_geometry(3), target, tilted, source), target)
+    # the same series untilted is used (its planes match the target's)
+    np.testing.assert_array_equal(partner_volume(_geometry(3), target, _geometry(3), source), source)
+
+
 def test_shifted_moves_content_and_repeats_the_edge() -> None:
     v = np.arange(2 * 5 * 6, dtype=np.uint8).reshape(2, 5, 6)
     s = shifted(v, 1, -2)  # down one row, left two columns
