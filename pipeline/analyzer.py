@@ -19,7 +19,7 @@ from .imaging import window_u8
 from .classify.preprocess import GREY, PHASE_PAIR
 from .classify.verifier import lesion_probability
 from .detect.channels import PHASE_PAIR as PHASE_PAIR_DETECTOR
-from .detect.partner import partner_volume
+from .detect.partner import parallel_planes, partner_volume
 from .lesion_crops import PhaseImages, lesion_crops
 from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
 from .reporting_rule import is_reported
@@ -142,7 +142,9 @@ class Analyzer:
         windowed = {s.series_uid: window_u8(ls.hu) for s, ls in loaded}
         per_series: list[list[SeriesLesion]] = []
         detections = {}
-        partners = self._partners(loaded, windowed)
+        partners, partner_note = self._partners(loaded, windowed)
+        if partner_note:
+            result.notes.append(partner_note)
         for s, ls in loaded:
             detections[s.series_uid] = self.detector.detect(windowed[s.series_uid], ls.geometry.slice_spacing,
                                                             partner_u8=partners.get(s.series_uid))
@@ -214,17 +216,20 @@ class Analyzer:
         return result
 
     def _partners(self, loaded: Sequence[tuple[SeriesInput, LoadedSeries]],
-                  windowed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                  windowed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str | None]:
         """Per series, the other phase on its grid, for a ``phase-pair`` detector that has two series
-        in one Frame of Reference to pair; empty otherwise (each series is then its own partner)."""
+        in one Frame of Reference with parallel planes to pair; empty otherwise (each series is then
+        its own partner), with a note when two series could not be paired for their tilt."""
         if getattr(self.detector, "channels", None) != PHASE_PAIR_DETECTOR or len(loaded) != 2:
-            return {}
+            return {}, None
         (sa, la), (sb, lb) = loaded
         frame = la.geometry.frame_of_reference_uid
         if frame is None or frame != lb.geometry.frame_of_reference_uid:
-            return {}
+            return {}, None  # noted where lesions are matched across phases
+        if not parallel_planes(la.geometry, lb.geometry):
+            return {}, "phases' slice planes are tilted against each other: each phase detected without the other"
         return {sa.series_uid: partner_volume(la.geometry, windowed[sa.series_uid], lb.geometry, windowed[sb.series_uid]),
-                sb.series_uid: partner_volume(lb.geometry, windowed[sb.series_uid], la.geometry, windowed[sa.series_uid])}
+                sb.series_uid: partner_volume(lb.geometry, windowed[sb.series_uid], la.geometry, windowed[sa.series_uid])}, None
 
     def _verify(self, lesions, images, crops: np.ndarray, paired: bool) -> np.ndarray | None:
         """The verifier's logits for every crop row (the classifier's crops, cut again only when the

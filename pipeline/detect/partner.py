@@ -19,6 +19,10 @@ from pipeline.series import Geometry
 PARALLEL_COS = 1.0 - 1e-4
 
 
+def parallel_planes(a: Geometry, b: Geometry) -> bool:
+    return abs(float(a.normal @ b.normal)) >= PARALLEL_COS
+
+
 def _nearest(x: np.ndarray) -> np.ndarray:
     """Round half up, a hair early: a target grid half a pixel off the source's then takes every
     source column once, where ``np.rint``'s half-to-even and float noise skip some and repeat others."""
@@ -29,7 +33,7 @@ def partner_volume(target: Geometry, target_u8: np.ndarray, source: Geometry, so
     """``source_u8`` [S, h, w] resampled onto the grid of ``target_u8`` [N, H, W]: [N, H, W] uint8."""
     n, rows, cols = target_u8.shape
     out = target_u8.copy()
-    if abs(float(target.normal @ source.normal)) < PARALLEL_COS:
+    if not parallel_planes(target, source):
         return out
     src_pos = source.positions
     src_spacing = max(abs(source.slice_spacing), 1e-3)

@@ -162,6 +162,27 @@ def test_phase_pair_detector_sees_each_phase_with_the_other_as_its_partner(phant
     assert len(detector.calls) == 1 and detector.calls[0][1] is None
 
 
+def test_phase_pair_detector_gets_no_partner_from_a_tilted_phase_and_the_result_says_so(phantom, tmp_path):
+    import shutil
+
+    import pydicom
+
+    out, _ = phantom
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    (study_uid, series), = scan_studies(copy).items()
+    inputs = study_inputs(series, PhaseRules())
+    t = np.radians(3.0)  # a gantry tilt on the PVP series only: still axial enough to load
+    for path in next(s for s in inputs if s.phase == "PVP").paths:
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, float(np.cos(t)), float(np.sin(t))]
+        ds.save_as(path)
+    detector = PairOracle(_oracle(out).boxes)
+    result = Analyzer(detector, FixedClassifier(), []).run_study(study_uid, inputs)
+    assert [partner for _, partner in detector.calls] == [None, None]
+    assert any("tilted" in note for note in result.notes)
+
+
 def test_lesion_needs_one_box_above_the_lesion_threshold(phantom):
     out, _ = phantom
     (study_uid, series), = scan_studies(out).items()
