@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-lesion-sweep", metavar="P1,P2,...",
                    help="with --lesion-conf-sweep: also each lesion-verifier threshold (a run at p_lesion 0); "
                         "a lesion then stays when it reaches the lesion_conf or the p_lesion")
+    p.add_argument("--p-confident-sweep", metavar="V1,V2,...",
+                   help="with --p-lesion-sweep: also each bar p(lesion) a candidate at or above the lesion_conf "
+                        "must reach (0: the verifier never removes such a candidate)")
     p.add_argument("--candidate-conf", type=float, metavar="C",
                    help="with --lesion-conf-sweep: first drop candidates whose tracks stay below C, as a verifier's "
                         "candidate_conf C would (a run at a lower one)")
@@ -157,13 +160,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             thresholds = sorted(float(t) for t in args.lesion_conf_sweep.split(","))
             p_lesions = sorted(float(t) for t in args.p_lesion_sweep.split(",")) if args.p_lesion_sweep else None
+            p_confidents = (sorted(float(t) for t in args.p_confident_sweep.split(","))
+                            if args.p_confident_sweep else None)
         except ValueError:
-            print("liver-node: --lesion-conf-sweep and --p-lesion-sweep want numbers like 0.3,0.4", file=sys.stderr)
+            print("liver-node: --lesion-conf-sweep, --p-lesion-sweep and --p-confident-sweep want numbers like "
+                  "0.3,0.4", file=sys.stderr)
             return 2
-        for key, m in lesion_conf_sweep(args.results, truths, thresholds, p_lesions, args.candidate_conf).items():
-            t, p = key if p_lesions is not None else (key, None)
+        if p_confidents is not None and p_lesions is None:
+            print("liver-node: --p-confident-sweep needs --p-lesion-sweep", file=sys.stderr)
+            return 2
+        sweep = lesion_conf_sweep(args.results, truths, thresholds, p_lesions, args.candidate_conf, p_confidents)
+        for key, m in sweep.items():
+            t, p, v = (key + (None,))[:3] if p_lesions is not None else (key, None, None)
             f1 = 2 * m["lesion_recall"] * m["lesion_precision"] / max(m["lesion_recall"] + m["lesion_precision"], 1e-9)
             print(f"lesion_conf {t:.2f}" + (f" p_lesion {p:.2f}" if p is not None else "") +
+                  (f" p_confident {v:.2f}" if v is not None else "") +
                   f": lesion_recall={m['lesion_recall']:.3f} lesion_precision={m['lesion_precision']:.3f} "
                   f"lesion_f1={f1:.3f} false_lesions_per_case={m['false_lesions_per_case']:.2f}")
         return 0

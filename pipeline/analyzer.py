@@ -151,11 +151,13 @@ class Analyzer:
         result.timings_s["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        # A lesion the detector is sure of on its own (lesion_conf) is reported whatever the verifier says;
-        # with a verifier, tracks down to its candidate_conf are proposed and it decides on those below.
+        # Without a verifier the detector's lesion_conf decides. With one, tracks down to its candidate_conf
+        # are proposed and p(lesion) decides, at a lower bar from accept_conf up (pipeline.reporting_rule).
         accept_conf = lesion_conf = float(getattr(self.detector, "lesion_conf", 0.0))
         if self.verifier is not None and self.verifier.candidate_conf is not None:
             lesion_conf = min(lesion_conf, float(self.verifier.candidate_conf))
+        if self.verifier is not None and self.verifier.accept_conf is not None:
+            accept_conf = float(self.verifier.accept_conf)
         for s, ls in loaded:
             boxes = [[Box2D(i, d.x1, d.y1, d.x2, d.y2, d.confidence) for d in dets]
                      for i, dets in enumerate(detections[s.series_uid])]
@@ -201,14 +203,17 @@ class Analyzer:
             p_lesion = None
             if verified is not None:
                 p_lesion = lesion_probability(verified[rows])
-                if not is_reported(top, p_lesion, accept_conf, self.verifier.threshold):
+                if not is_reported(top, p_lesion, accept_conf, self.verifier.threshold,
+                                   self.verifier.confident_threshold):
                     rejected += 1
                     continue
             reported.append(rows)
             result.lesions.append(LesionResult(lesion, decide(logits.select(rows)), p_lesion))
         if rejected:
-            result.notes.append(f"{rejected} detector candidate(s) rejected by the lesion verifier "
-                                f"(p(lesion) < {self.verifier.threshold:g})")
+            bars = f"p(lesion) < {self.verifier.threshold:g}"
+            if self.verifier.confident_threshold > 0:
+                bars += f", or < {self.verifier.confident_threshold:g} at detector confidence >= {accept_conf:g}"
+            result.notes.append(f"{rejected} detector candidate(s) rejected by the lesion verifier ({bars})")
         if reported:  # the paper's patient averaging: all crops of all reported lesions
             result.case = decide(logits.select(np.concatenate(reported)))
         result.timings_s["aggregate"] = time.perf_counter() - t

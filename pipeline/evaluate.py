@@ -258,22 +258,26 @@ def at_lesion_conf(results: dict[str, dict], lesion_conf: float) -> dict[str, di
     return out
 
 
-def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 2.0) -> dict[str, dict]:
-    """Results as a stricter lesion-verifier threshold would have left them: a lesion stays when its
-    p(lesion) reaches ``p_lesion``, when a view's detector confidence reaches ``accept_conf`` (the
-    detector's lesion_conf, which the verifier cannot overrule), or when it has no verifier
-    probability. Exact when the run's own threshold was at or below ``p_lesion``."""
+def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 2.0,
+                p_confident: float = 0.0) -> dict[str, dict]:
+    """Results as a stricter lesion-verifier rule would have left them (``pipeline.reporting_rule``): a
+    lesion stays when its p(lesion) reaches ``p_lesion``, when a view's detector confidence reaches
+    ``accept_conf`` and p(lesion) reaches ``p_confident``, or when it has no verifier probability. Exact
+    when the run's own rule kept every candidate (p_lesion 0)."""
     def keep(les: dict) -> bool:
         top = max((v["detector_confidence"] or 0.0) for v in les["views"])
-        return is_reported(top, les.get("p_lesion"), accept_conf, p_lesion)
+        return is_reported(top, les.get("p_lesion"), accept_conf, p_lesion, p_confident)
     return {uid: {**res, "lesions": [les for les in res["lesions"] if keep(les)]} for uid, res in results.items()}
 
 
 def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth], thresholds: list[float],
-                      p_lesions: list[float] | None = None, candidate_conf: float | None = None) -> dict:
+                      p_lesions: list[float] | None = None, candidate_conf: float | None = None,
+                      p_confidents: list[float] | None = None) -> dict:
     """Lesion-level detection at IoU 0.1 for each candidate ``lesion_conf`` (pick it on validation data).
     With ``p_lesions`` (a run with a verifier at p_lesion 0): for each (lesion_conf, p_lesion) pair, the
-    run's candidates kept as the analyzer keeps them (confidence >= lesion_conf, or p(lesion) >= p_lesion).
+    run's candidates kept as the analyzer keeps them (confidence >= lesion_conf, or p(lesion) >= p_lesion);
+    with ``p_confidents`` too, keyed (lesion_conf, p_lesion, p_confident), where a candidate at or above
+    lesion_conf also needs p(lesion) >= p_confident.
     ``candidate_conf`` first drops the candidates a verifier with that floor is never asked about, so one
     run at a low floor also scores the higher ones."""
     results = load_results(results_dir)
@@ -281,8 +285,11 @@ def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth], threshold
         results = at_lesion_conf(results, candidate_conf)
     if p_lesions is None:
         return {t: detection_metrics(at_lesion_conf(results, t), truths)["iou_0.1"] for t in thresholds}
-    return {(t, p): detection_metrics(at_p_lesion(results, p, accept_conf=t), truths)["iou_0.1"]
-            for t in thresholds for p in p_lesions}
+    if p_confidents is None:
+        return {(t, p): detection_metrics(at_p_lesion(results, p, accept_conf=t), truths)["iou_0.1"]
+                for t in thresholds for p in p_lesions}
+    return {(t, p, v): detection_metrics(at_p_lesion(results, p, accept_conf=t, p_confident=v), truths)["iou_0.1"]
+            for t in thresholds for p in p_lesions for v in p_confidents}
 
 
 def evaluate(results_dir: Path, truths: dict[str, CaseTruth]) -> dict:

@@ -5,10 +5,11 @@ lesions; at that confidence it also reports vessels, fissures and noise. The ver
 two-class LiLNet (``background``, ``lesion``) on the classifier's own crops of the candidate
 (phase pairs when its manifest says so), trained on a detector's candidates on phantoms that the
 detector never saw (``pipeline.train.verifier_data``). Its logits are averaged over a candidate's
-crops, as the classifiers' are. It only ever adds lesions to what the detector reports alone: a
-candidate that reaches the detector manifest's ``lesion_conf`` is reported whatever the verifier
-says (a veto lost large, confident lesions in trials), and one between the verifier manifest's
-``candidate_conf`` and that is reported when p(lesion) reaches ``p_lesion``. This is the
+crops, as the classifiers' are. Every candidate from the verifier manifest's ``candidate_conf`` up is
+asked about, with two bars (``pipeline.reporting_rule``): one below ``accept_conf`` (default: the
+detector manifest's ``lesion_conf``) is reported when p(lesion) reaches ``p_lesion``; one at or above
+it when p(lesion) reaches ``p_lesion_confident`` (default 0: the verifier only adds lesions; a
+verifier deciding alone at one bar lost large, confident lesions in trials). This is the
 false-positive-reduction stage of two-stage detectors (it is not part of LiLNet); without
 ``verifier.manifest.toml`` in the weights folder the pipeline has none, as with the published
 LiLNet weights.
@@ -31,16 +32,20 @@ CLASSES = ("background", "lesion")
 
 class LesionVerifier:
     def __init__(self, model: torch.nn.Module, *, name: str, version: str, sha256: str, threshold: float,
-                 candidate_conf: float | None = None, input_mode: str = PHASE_PAIR, device: str | None = None) -> None:
+                 candidate_conf: float | None = None, accept_conf: float | None = None,
+                 confident_threshold: float = 0.0, input_mode: str = PHASE_PAIR, device: str | None = None) -> None:
         if input_mode not in (GREY, PHASE_PAIR):
             raise ModelLoadError(f"verifier input mode {input_mode!r}; expected {GREY!r} or {PHASE_PAIR!r}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ModelLoadError(f"verifier threshold {threshold} is not a probability")
+        for label, value in (("p_lesion", threshold), ("p_lesion_confident", confident_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise ModelLoadError(f"verifier {label} {value} is not a probability")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model = model.to(self.device).eval()
         self.name, self.version, self.sha256 = name, version, sha256
         self.threshold = threshold
         self.candidate_conf = candidate_conf  # lowest detector confidence it is asked about (None: detector's lesion_conf)
+        self.accept_conf = accept_conf  # where the lower bar starts (None: the detector's lesion_conf)
+        self.confident_threshold = confident_threshold  # p(lesion) a candidate at or above accept_conf needs
         self.input_mode = input_mode
 
     @classmethod
@@ -53,8 +58,9 @@ class LesionVerifier:
         try:
             classes = tuple(entry["classes"])
             threshold = float(entry["thresholds"]["p_lesion"])
-            candidate_conf = entry["thresholds"].get("candidate_conf")
-            candidate_conf = None if candidate_conf is None else float(candidate_conf)
+            candidate_conf, accept_conf = (None if (v := entry["thresholds"].get(k)) is None else float(v)
+                                           for k in ("candidate_conf", "accept_conf"))
+            confident_threshold = float(entry["thresholds"].get("p_lesion_confident", 0.0))
             file, sha = str(entry["file"]), str(entry["sha256"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path.name}: file, sha256, classes and [thresholds] p_lesion are required "
@@ -66,7 +72,7 @@ class LesionVerifier:
             raise ModelLoadError(f"{file}: {loaded.n_classes} classes, expected {len(CLASSES)}")
         return cls(loaded.model, name=str(entry.get("name", "lesion-verifier")),
                    version=str(entry.get("version", "unknown")), sha256=loaded.sha256, threshold=threshold,
-                   candidate_conf=candidate_conf,
+                   candidate_conf=candidate_conf, accept_conf=accept_conf, confident_threshold=confident_threshold,
                    input_mode=str(entry.get("input", {}).get("mode", PHASE_PAIR)), device=device)
 
     def logits(self, crops_u8: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -207,6 +207,8 @@ class BrightCentreVerifier:
     input_mode = "phase-pair"
     threshold = 0.5
     candidate_conf = None
+    accept_conf = None
+    confident_threshold = 0.0
 
     def logits(self, crops):
         assert crops.shape[1:] == (2, 224, 224)
@@ -239,6 +241,26 @@ def test_verifier_rejects_the_false_candidate_and_keeps_the_lesion(phantom):
     assert any("1 detector candidate(s) rejected by the lesion verifier" in n for n in result.notes)
     assert "verify" in result.timings_s
     assert result.to_dict()["lesions"][0]["p_lesion"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_verifier_with_a_second_bar_vetoes_a_confident_false_candidate(phantom):
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = study_inputs(series, PhaseRules())
+    detector = OracleAndAirDetector(_oracle(out).boxes)  # the lesion and the air box, both at 0.9
+    detector.lesion_conf = 0.85
+    verifier = BrightCentreVerifier()
+    verifier.candidate_conf, verifier.threshold = 0.5, 0.99
+    verifier.accept_conf, verifier.confident_threshold = 0.8, 0.3  # the verifier's own accept_conf, not 0.85
+    result = Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs)
+    (kept,) = result.lesions  # the air box's p(lesion) ~0.0003 is under 0.3; the lesion's ~1.0 is not
+    assert kept.p_lesion > 0.99
+    assert any("rejected by the lesion verifier (p(lesion) < 0.99, or < 0.3 at detector confidence >= 0.8)" in n
+               for n in result.notes)
+    verifier.accept_conf = 0.95  # now both are below accept_conf: the high bar (0.99) holds for both
+    assert len(Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions) == 1
+    verifier.threshold = 1.0  # and nothing reaches 1.0 (sigmoid of 8 is below it)
+    assert Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions == []
 
 
 def test_with_a_verifier_the_detector_proposes_down_to_its_candidate_conf(phantom):
@@ -312,6 +334,16 @@ def test_evaluate_command_sweeps_detector_and_verifier_thresholds(phantom, tmp_p
     assert lines[2].startswith("lesion_conf 0.95 p_lesion 0.00: lesion_recall=1.000 lesion_precision=0.500")
     assert lines[3].startswith("lesion_conf 0.95 p_lesion 0.50: lesion_recall=1.000 lesion_precision=1.000")
     assert "false_lesions_per_case=0.00" in lines[3]
+    # a second bar above the air box's p(lesion) removes it even at lesion_conf 0.5
+    assert main(["evaluate", str(tmp_path / "results"), "--truth", str(out), "--lesion-conf-sweep", "0.5",
+                 "--p-lesion-sweep", "0.5", "--p-confident-sweep", "0,0.3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("lesion_conf 0.50 p_lesion 0.50 p_confident 0.00: lesion_recall=1.000 "
+                               "lesion_precision=0.500")
+    assert lines[1].startswith("lesion_conf 0.50 p_lesion 0.50 p_confident 0.30: lesion_recall=1.000 "
+                               "lesion_precision=1.000")
+    assert main(["evaluate", str(tmp_path / "results"), "--truth", str(out), "--lesion-conf-sweep", "0.5",
+                 "--p-confident-sweep", "0.3"]) == 2
     # a verifier floor above the candidates' 0.9 leaves nothing to keep; at 0.9 nothing changes
     for floor, recall in (("0.95", "0.000"), ("0.9", "1.000")):
         assert main(["evaluate", str(tmp_path / "results"), "--truth", str(out), "--lesion-conf-sweep", "0.95",

@@ -64,6 +64,19 @@ def test_verifier_refuses_a_manifest_without_threshold(tmp_path):
         LesionVerifier.from_manifest(weights, device="cpu")
 
 
+def test_verifier_reads_its_second_bar_from_the_manifest(tmp_path):
+    weights = _weights(tmp_path)
+    path = weights / MANIFEST_NAME
+    assert LesionVerifier.from_manifest(weights, device="cpu").accept_conf is None  # absent: the detector's
+    text = path.read_text().replace("p_lesion = 0.4", "p_lesion = 0.4\naccept_conf = 0.5\np_lesion_confident = 0.3")
+    path.write_text(text)
+    verifier = LesionVerifier.from_manifest(weights, device="cpu")
+    assert (verifier.accept_conf, verifier.confident_threshold, verifier.threshold) == (0.5, 0.3, 0.4)
+    path.write_text(text.replace("p_lesion_confident = 0.3", "p_lesion_confident = 3"))
+    with pytest.raises(ModelLoadError, match="p_lesion_confident 3.0 is not a probability"):
+        LesionVerifier.from_manifest(weights, device="cpu")
+
+
 class AirDetector:
     """One box in the air outside the body on every slice: never a lesion."""
 
@@ -116,6 +129,10 @@ def test_evaluation_rescores_a_run_at_stricter_verifier_thresholds():
     # a lesion the detector reports on its own (confidence >= its lesion_conf) stays whatever its p(lesion)
     assert [les["p_lesion"] for les in at_p_lesion(results, 0.5, accept_conf=0.8)["s"]["lesions"]] == [0.7, None, 0.1]
     assert len(at_p_lesion(results, 0.0)["s"]["lesions"]) == 4
+    # with a second bar, a confident candidate the verifier scores below it goes too
+    assert [les["p_lesion"] for les in at_p_lesion(results, 0.5, accept_conf=0.8, p_confident=0.2)["s"]["lesions"]] \
+        == [0.7, None]
+    assert len(at_p_lesion(results, 0.5, accept_conf=0.3, p_confident=0.2)["s"]["lesions"]) == 3  # 0.2 reaches it
 
 
 def test_compare_scores_the_earlier_verifier_on_the_same_held_out_candidates(tmp_path):
@@ -145,3 +162,13 @@ def test_reporting_rule_lets_the_verifier_only_add_lesions():
     assert not is_reported(0.3, 0.79, accept_conf=0.48, p_threshold=0.8)
     assert is_reported(0.3, 0.8, accept_conf=0.48, p_threshold=0.8)
     assert is_reported(0.3, None, accept_conf=0.48, p_threshold=0.8)  # no verifier ran
+
+
+def test_reporting_rule_with_a_second_bar_lets_the_verifier_veto_a_confident_candidate():
+    from pipeline.reporting_rule import is_reported
+
+    assert not is_reported(0.9, 0.29, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)
+    assert is_reported(0.9, 0.3, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)
+    assert not is_reported(0.49, 0.92, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)  # below: the high bar
+    assert is_reported(0.49, 0.93, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)
+    assert is_reported(0.9, None, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)
