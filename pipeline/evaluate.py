@@ -27,7 +27,7 @@ class CaseTruth:
     study_uid: str
     case_class: str | None  # None: normal, or several classes (no single case label)
     normal: bool
-    boxes: dict[str, list[tuple[int, tuple[float, float, float, float]]]]  # sop -> [(lesion_id, box)]
+    boxes: dict[tuple[str, int], list[tuple[int, tuple[float, float, float, float]]]]  # image_key -> [(lesion_id, box)]
     lesion_classes: dict[int, str]
     lesion_diameters_mm: dict[int, float] = field(default_factory=dict)  # largest in-plane diameter
     lesion_contrast_hu: dict[int, float] = field(default_factory=dict)  # largest |lesion - liver| over AP/PVP
@@ -46,6 +46,15 @@ def _bin_label(i: int, bins: tuple[tuple[float, float], ...], unit: str) -> str:
     return f">={lo:g} {unit}" if hi == float("inf") else f"{lo:g}-{hi:g} {unit}"
 
 
+def image_key(sop_instance_uid: str, frame_number: int | None) -> tuple[str, int]:
+    """One image: a classic instance is its own frame 1; a multi-frame (Enhanced CT) one holds many."""
+    return sop_instance_uid, frame_number or 1
+
+
+def _box_key(box: dict) -> tuple[str, int]:
+    return image_key(box["sop_instance_uid"], box.get("frame_number"))
+
+
 def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
     truths = {}
     for path in sorted(folder.rglob("labels.json")):
@@ -61,7 +70,7 @@ def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
         for entries in d["boxes"].values():
             for e in entries:
                 if e["phase"] in ("AP", "PVP"):
-                    boxes.setdefault(e["sop_instance_uid"], []).append(
+                    boxes.setdefault(image_key(e["sop_instance_uid"], e.get("frame_index", 0) + 1), []).append(
                         (e["lesion_id"], (e["x1"], e["y1"], e["x2"], e["y2"])))
         kinds = set(classes.values())
         truths[d["study_instance_uid"]] = CaseTruth(d["study_instance_uid"], kinds.pop() if len(kinds) == 1 else None,
@@ -125,18 +134,18 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
         by_size_contrast: dict[tuple[int, int], list[int]] = {}  # (size bin, contrast bin) -> [found, total]
         for uid, truth in truths.items():
             res = results.get(uid)
-            pred: dict[str, list] = {}
+            pred: dict[tuple[str, int], list] = {}
             if res:
                 for les in res["lesions"]:
                     pred_lesions += 1
                     boxes = [b for view in les["views"] for b in view["boxes"]]
                     true_pred_lesions += any(box_iou(b["xyxy"], tb) >= thr for b in boxes
-                                             for _, tb in truth.boxes.get(b["sop_instance_uid"], []))
+                                             for _, tb in truth.boxes.get(_box_key(b), []))
                     for b in boxes:
-                        pred.setdefault(b["sop_instance_uid"], []).append(tuple(b["xyxy"]))
+                        pred.setdefault(_box_key(b), []).append(tuple(b["xyxy"]))
             found: set[int] = set()
-            for sop in set(pred) | set(truth.boxes):
-                p, t = list(pred.get(sop, [])), list(truth.boxes.get(sop, []))
+            for image in set(pred) | set(truth.boxes):
+                p, t = list(pred.get(image, [])), list(truth.boxes.get(image, []))
                 used = set()
                 for lesion_id, tb in t:
                     best = max(((i, box_iou(pb, tb)) for i, pb in enumerate(p) if i not in used), key=lambda x: x[1],
@@ -190,7 +199,7 @@ def _lesion_pairs(results: dict[str, dict], truths: dict[str, CaseTruth]) -> lis
             for les in res["lesions"]:
                 for view in les["views"]:
                     for b in view["boxes"]:
-                        for tid, tb in truth.boxes.get(b["sop_instance_uid"], []):
+                        for tid, tb in truth.boxes.get(_box_key(b), []):
                             if tid == lesion_id and (v := box_iou(b["xyxy"], tb)) >= best_iou:
                                 best, best_iou = les, v
             if best is not None:

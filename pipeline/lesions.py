@@ -103,6 +103,23 @@ class SeriesLesion:
     volume_ml: float
     mean_hu: float
     confidence: float  # highest detector confidence over its boxes
+    key_frame_number: int | None = None  # 1-based frame of the key image in a multi-frame (Enhanced CT) instance
+    box_frame_numbers: tuple[int | None, ...] = ()  # per box, as box_sop_instance_uids
+
+    @property
+    def key_image(self) -> tuple[str, int | None]:
+        """The key image: SOP Instance UID and, for a multi-frame instance, its frame."""
+        return self.key_sop_instance_uid, self.key_frame_number
+
+    @property
+    def box_images(self) -> list[tuple[str, int | None]]:
+        frames = self.box_frame_numbers or (None,) * len(self.box_sop_instance_uids)
+        return list(zip(self.box_sop_instance_uids, frames))
+
+    @property
+    def key_area_mm2(self) -> float:
+        """The key box's area in mm2 (long x short side), comparable across series of different pixel spacing."""
+        return self.long_axis_mm * self.short_axis_mm
 
 
 def _ellipse_mean(image: np.ndarray, box: Box2D) -> float:
@@ -135,6 +152,8 @@ def measure(track: list[Box2D], series: LoadedSeries, phase: str) -> SeriesLesio
         key=key,
         key_sop_instance_uid=series.sop_instance_uids[key.slice_index],
         box_sop_instance_uids=tuple(series.sop_instance_uids[b.slice_index] for b in track),
+        key_frame_number=series.frame_numbers[key.slice_index],
+        box_frame_numbers=tuple(series.frame_numbers[b.slice_index] for b in track),
         center_mm=tuple(float(v) for v in center),
         long_axis_mm=float(max(w_mm, h_mm)),
         short_axis_mm=float(min(w_mm, h_mm)),
@@ -153,7 +172,7 @@ class Lesion:
 
     @property
     def primary(self) -> SeriesLesion:
-        return max(self.views, key=lambda v: v.key.area)
+        return max(self.views, key=lambda v: v.key_area_mm2)
 
     @property
     def center_mm(self) -> tuple[float, float, float]:
@@ -166,15 +185,19 @@ class Lesion:
 
 
 def match_phases(per_phase: list[list[SeriesLesion]], match_mm: float = 10.0) -> list[Lesion]:
-    """Merge lesions seen in several series into one lesion each (greedy, nearest first)."""
+    """Merge lesions seen in several series into one lesion each (greedy, nearest first). A negative
+    ``match_mm`` merges nothing (series without a shared Frame of Reference: their coordinates are unrelated)."""
     groups: list[list[SeriesLesion]] = []
     for lesions in per_phase:
+        if match_mm < 0:
+            groups.extend([lesion] for lesion in lesions)
+            continue
         candidates = []
         for li, lesion in enumerate(lesions):
             for gi, group in enumerate(groups):
                 if any(v.phase == lesion.phase for v in group):
                     continue
-                ref = max(group, key=lambda v: v.key.area)
+                ref = max(group, key=lambda v: v.key_area_mm2)
                 dist = float(np.linalg.norm(np.subtract(ref.center_mm, lesion.center_mm)))
                 limit = max(match_mm, 0.5 * max(ref.long_axis_mm, lesion.long_axis_mm))
                 if dist <= limit:
@@ -187,5 +210,5 @@ def match_phases(per_phase: list[list[SeriesLesion]], match_mm: float = 10.0) ->
             used_l.add(li)
             used_g.add(gi)
         groups.extend([lesion] for li, lesion in enumerate(lesions) if li not in used_l)
-    ordered = sorted(groups, key=lambda g: -max(v.key.area for v in g))
+    ordered = sorted(groups, key=lambda g: -max(v.key_area_mm2 for v in g))
     return [Lesion(i + 1, tuple(g)) for i, g in enumerate(ordered)]

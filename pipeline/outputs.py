@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from .analyzer import SeriesInput
 from .hierarchy import Decision
 from .imaging import window_u8
+from .modality_lut import to_hu
 from .report import build_result_objects
 from .result import StudyResult
 
@@ -26,14 +27,9 @@ log = logging.getLogger(__name__)
 HeatmapFn = Callable[[np.ndarray, Decision], np.ndarray]
 
 
-def _hu(ds: Dataset) -> np.ndarray:
-    pixels = ds.pixel_array.astype(np.float32)
-    return pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-
-
 def _find_sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[str, Path]:
     """SOP Instance UID -> file for the images the result objects reference."""
-    wanted = {r.lesion.primary.key_sop_instance_uid for r in result.lesions}
+    wanted = {r.lesion.primary.key_sop_instance_uid for r in result.lesions}  # one per multi-frame instance
     used = {u.series_uid for u in result.series if u.used} or {s.series_uid for s in series}
     found: dict[str, Path] = {}
     for s in series:
@@ -57,18 +53,23 @@ def write_result_objects(result: StudyResult, series: Sequence[SeriesInput], out
     from .classify.preprocess import crop_around_box
 
     files = _find_sources(result, series)
+    key_images = {r.lesion.primary.key_image for r in result.lesions}
     headers: dict[str, Dataset] = {}
-    slices: dict[str, np.ndarray] = {}
+    slices: dict[tuple[str, int | None], np.ndarray] = {}
     for sop, path in files.items():
         ds = pydicom.dcmread(path)
-        slices[sop] = window_u8(_hu(ds)) if "PixelData" in ds else None
-        del ds.PixelData
+        if "PixelData" in ds:
+            hu = to_hu(ds, ds.pixel_array)
+            for image_sop, frame in key_images:
+                if image_sop == sop:
+                    slices[sop, frame] = window_u8(hu if frame is None else hu.reshape(-1, *hu.shape[-2:])[frame - 1])
+            del ds.PixelData
         headers[sop] = ds
     maps: dict[int, np.ndarray] = {}
     if heatmap is not None:
         for r in result.lesions:
             key = r.lesion.primary.key
-            image = slices.get(r.lesion.primary.key_sop_instance_uid)
+            image = slices.get(r.lesion.primary.key_image)
             if image is not None:
                 maps[r.lesion.index] = heatmap(crop_around_box(image, (key.x1, key.y1, key.x2, key.y2)), r.decision)
     predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr and predecessor_sr.exists() else None

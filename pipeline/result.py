@@ -109,11 +109,12 @@ def _lesion(r: LesionResult) -> dict:
                 "series_uid": v.series_uid,
                 "key_slice_index": v.key.slice_index,
                 "key_sop_instance_uid": v.key_sop_instance_uid,
+                "key_frame_number": v.key_frame_number,  # multi-frame (Enhanced CT) instances; null otherwise
                 "key_box_xyxy": [round(x, 1) for x in (v.key.x1, v.key.y1, v.key.x2, v.key.y2)],
                 "boxes": [
-                    {"slice_index": b.slice_index, "sop_instance_uid": sop, "confidence": _num(b.confidence),
-                     "xyxy": [round(x, 1) for x in (b.x1, b.y1, b.x2, b.y2)]}
-                    for b, sop in zip(v.boxes, v.box_sop_instance_uids)
+                    {"slice_index": b.slice_index, "sop_instance_uid": sop, "frame_number": frame,
+                     "confidence": _num(b.confidence), "xyxy": [round(x, 1) for x in (b.x1, b.y1, b.x2, b.y2)]}
+                    for b, (sop, frame) in zip(v.boxes, v.box_images)
                 ],
                 "mean_hu": _num(v.mean_hu),
                 "detector_confidence": _num(v.confidence),

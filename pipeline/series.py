@@ -18,6 +18,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from .modality_lut import to_hu
+
 log = logging.getLogger(__name__)
 
 AXIAL_TOLERANCE = 0.95  # |normal . z| at least this: within ~18 degrees of a true axial plane
@@ -100,9 +102,7 @@ def _hu(ds: Dataset) -> np.ndarray:
     except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
         raise SeriesError(f"pixel data cannot be decoded ({type(exc).__name__}; transfer syntax "
                           f"{ds.file_meta.get('TransferSyntaxUID', '?')})") from None
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * slope + intercept
+    return to_hu(ds, pixels)
 
 
 def _frames(ds: Dataset) -> list[_Slice]:

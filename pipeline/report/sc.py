@@ -122,7 +122,7 @@ def _mark(draw: ImageDraw.ImageDraw, img: Image.Image) -> None:
 
 
 def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, sop_uid: str,
-        instance_number: int, manufacturer: str, description: str) -> hd.sc.SCImage:
+        instance_number: int, manufacturer: str, description: str, frame: int | None = None) -> hd.sc.SCImage:
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=pixels,
@@ -143,6 +143,8 @@ def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, s
     src = Dataset()
     src.ReferencedSOPClassUID = ref.SOPClassUID
     src.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+    if frame is not None:  # the key image is one frame of a multi-frame (Enhanced CT) instance
+        src.ReferencedFrameNumber = frame
     sc.SourceImageSequence = DicomSequence([src])
     sc.ImageComments = f"{description}. {MARK}."[:10240]
     sc.DerivationDescription = "Key slice, W400/L40, with AI results and class-activation heatmap burned in"
@@ -169,15 +171,19 @@ def render_lesion(slice_u8: np.ndarray, r: LesionResult, heatmap: np.ndarray | N
     return np.asarray(img, dtype=np.uint8)
 
 
+def lead_lesion(result: StudyResult) -> LesionResult:
+    """The lesion whose key image the case summary shows: the largest, in mm2."""
+    return max(result.lesions, key=lambda r: r.lesion.primary.key_area_mm2)
+
+
 def render_case_summary(slice_u8: np.ndarray, result: StudyResult) -> np.ndarray:
-    lead = max(result.lesions, key=lambda r: r.lesion.primary.key.area)
-    key_sop = lead.lesion.primary.key_sop_instance_uid
+    key_image = lead_lesion(result).lesion.primary.key_image
     img, scale = _canvas(slice_u8)
     draw = ImageDraw.Draw(img)
     for r in result.lesions:
         for v in r.lesion.views:
-            for b, sop in zip(v.boxes, v.box_sop_instance_uids):
-                if sop == key_sop:
+            for b, image in zip(v.boxes, v.box_images):
+                if image == key_image:
                     x1, y1, _, _ = _box(draw, b, scale, BOX_COLOURS[(r.lesion.index - 1) % len(BOX_COLOURS)])
                     _label(draw, (x1, max(0.0, y1 - 22)), str(r.lesion.index), 16)
     panel_w = max(360, img.width // 2)
@@ -212,7 +218,7 @@ def build_lesion_sc(r: LesionResult, source: Dataset, slice_u8: np.ndarray, *, s
         raise SCBuildError("source dataset is not the lesion's key slice")
     pixels = render_lesion(slice_u8, r, heatmap)
     return _sc(pixels, source, series_instance_uid, series_number, sop_instance_uid, instance_number,
-               manufacturer, f"Lesion {r.lesion.index}: {r.decision.cls}")
+               manufacturer, f"Lesion {r.lesion.index}: {r.decision.cls}", r.lesion.primary.key_frame_number)
 
 
 def build_case_summary_sc(result: StudyResult, source: Dataset, slice_u8: np.ndarray, *, series_instance_uid: str,
@@ -224,4 +230,4 @@ def build_case_summary_sc(result: StudyResult, source: Dataset, slice_u8: np.nda
     pixels = render_case_summary(slice_u8, result)
     d = result.case
     return _sc(pixels, source, series_instance_uid, series_number, sop_instance_uid, instance_number,
-               manufacturer, f"Case summary: {d.cls if d else 'n/a'}")
+               manufacturer, f"Case summary: {d.cls if d else 'n/a'}", lead_lesion(result).lesion.primary.key_frame_number)

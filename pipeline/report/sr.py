@@ -108,7 +108,9 @@ def _lesion_group(study_uid: str, r: LesionResult, source: Mapping[str, Dataset]
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=polyline,
         source_image=SourceImageForRegion(referenced_sop_class_uid=ds.SOPClassUID,
-                                          referenced_sop_instance_uid=ds.SOPInstanceUID),
+                                          referenced_sop_instance_uid=ds.SOPInstanceUID,
+                                          referenced_frame_numbers=(None if view.key_frame_number is None
+                                                                    else [view.key_frame_number])),
     )
     site = FindingSite(anatomic_location=table.finding_site)
     measurements = [

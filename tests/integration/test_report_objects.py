@@ -45,8 +45,8 @@ def study(tmp_path_factory):
             ds = pydicom.dcmread(p, stop_before_pixels=True)
             headers[ds.SOPInstanceUID] = ds
         ls = load_series(scan.paths)
-        for sop, img in zip(ls.sop_instance_uids, window_u8(ls.hu)):
-            slices[sop] = img
+        for sop, frame, img in zip(ls.sop_instance_uids, ls.frame_numbers, window_u8(ls.hu)):
+            slices[sop, frame] = img
     return result, headers, slices
 
 

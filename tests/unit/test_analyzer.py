@@ -68,10 +68,10 @@ def _oracle(out: Path) -> OracleDetector:
         for uid, scan in study.items():
             ls = load_series(scan.paths)
             w = window_u8(ls.hu)
-            for i, sop in enumerate(ls.sop_instance_uids):
+            for i, (sop, frame) in enumerate(zip(ls.sop_instance_uids, ls.frame_numbers)):
                 for key, entries in labels["boxes"].items():
                     for e in entries:
-                        if e["sop_instance_uid"] == sop:
+                        if e["sop_instance_uid"] == sop and frame in (None, e["frame_index"] + 1):
                             boxes.setdefault(w[i].tobytes(), []).append((e["x1"], e["y1"], e["x2"], e["y2"]))
     return OracleDetector(boxes)
 
@@ -312,6 +312,41 @@ def test_batch_run_writes_result_json_and_evaluate_scores_it(phantom, tmp_path):
     assert sweep[0.5]["lesion_recall"] == 1.0 and sweep[0.5]["lesion_precision"] == 1.0
     assert sweep[0.95]["lesion_recall"] == 0.0
     assert list(next(iter(sweep[0.95]["lesion_recall_by_size_and_contrast"].values())).values()) == ["0/1"]
+
+
+def test_enhanced_ct_gives_the_classic_result_and_objects_name_the_key_frame(phantom, tmp_path):
+    """The same phantom case written as Enhanced CT (one multi-frame instance per series, rescale in the
+    functional groups) must give the classic files' lesion, and the SR and SC must name the key frame."""
+    import pydicom
+
+    out, _ = phantom
+    enhanced = tmp_path / "enhanced"
+    opts = CaseOptions(phases=(ContrastPhase.NC, ContrastPhase.AP, ContrastPhase.PVP), n_slices=12,
+                       slice_thickness_mm=5.0, lesion_classes=(LesionClass.HCC,), max_lesions=1)
+    make_study(enhanced, 11, 0, opts, WriteOptions(enhanced=True))
+    results = {}
+    for name, folder in (("classic", out), ("enhanced", enhanced)):
+        assert run_folder(Analyzer(_oracle(folder), FixedClassifier(), []), folder, tmp_path / name) == 0
+        (result_file,) = (tmp_path / name).rglob("result.json")
+        results[name] = json.loads(result_file.read_text())
+    (classic,), (lesion,) = results["classic"]["lesions"], results["enhanced"]["lesions"]
+    for key in ("long_axis_mm", "short_axis_mm", "volume_ml", "center_mm", "phases"):
+        assert lesion[key] == classic[key]
+    assert [v["mean_hu"] for v in lesion["views"]] == [v["mean_hu"] for v in classic["views"]]
+    primary = max(lesion["views"], key=lambda v: (v["key_box_xyxy"][2] - v["key_box_xyxy"][0])
+                  * (v["key_box_xyxy"][3] - v["key_box_xyxy"][1]))
+    frame = primary["key_frame_number"]
+    labels = json.loads(next(enhanced.rglob("labels.json")).read_text())
+    assert any(e["sop_instance_uid"] == primary["key_sop_instance_uid"] and e["frame_index"] + 1 == frame
+               for entries in labels["boxes"].values() for e in entries)  # the lesion is on that frame
+    folder = next((tmp_path / "enhanced").rglob("result.json")).parent
+    sr = pydicom.dcmread(folder / "sr.dcm")
+    assert [int(e.value) for e in sr.iterall() if e.keyword == "ReferencedFrameNumber"] == [frame]
+    sc = pydicom.dcmread(folder / "sc-001.dcm")
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == primary["key_sop_instance_uid"]
+    assert int(sc.SourceImageSequence[0].ReferencedFrameNumber) == frame
+    assert "ReferencedFrameNumber" not in pydicom.dcmread(next((tmp_path / "classic").rglob("sc-001.dcm"))
+                                                          ).SourceImageSequence[0]
 
 
 def test_evaluate_command_sweeps_detector_and_verifier_thresholds(phantom, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from pipeline.hierarchy import ALL_CLASSES, HierarchyLogits, decide
-from pipeline.lesions import Box2D, box_iou, group_boxes, iou, match_phases, measure
+from pipeline.lesions import Box2D, Lesion, box_iou, group_boxes, iou, match_phases, measure
 from pipeline.series import Geometry, LoadedSeries, SeriesError, load_series
 from tests.support.ctdata import SeriesSpec, uid, write_series
 
@@ -118,6 +118,45 @@ def test_measure_and_match_across_phases():
     assert len(lesions) == 2
     assert sorted(lesions[0].phases) == ["AP", "PVP"]
     assert lesions[1].phases == ("PVP",)
+
+
+def test_without_a_shared_frame_of_reference_nothing_is_matched():
+    ap, pv = _loaded("ap"), _loaded("pv")
+    lap = measure([_b(2, 30, 20, 50, 40)], ap, "AP")
+    lpv = measure([_b(2, 31, 21, 51, 41)], pv, "PVP")  # within 1 mm: matched when the frames are shared
+    assert len(match_phases([[lap], [lpv]])) == 1
+    assert [les.phases for les in match_phases([[lap], [lpv]], match_mm=-1.0)] == [("AP",), ("PVP",)]
+
+
+def test_the_primary_view_is_the_largest_in_mm_not_in_pixels():
+    fine = _loaded("ap")
+    fine = LoadedSeries(fine.series_uid, fine.hu, Geometry(fine.geometry.origins, fine.geometry.row_direction,
+                        fine.geometry.column_direction, (0.25, 0.25), fine.geometry.frame_of_reference_uid),
+                        fine.sop_instance_uids, fine.frame_numbers, "ct", "")
+    lap = measure([_b(2, 20, 20, 60, 60)], fine, "AP")  # 40 px at 0.25 mm: 10 mm
+    lpv = measure([_b(2, 10, 10, 40, 40)], _loaded("pv"), "PVP")  # 30 px at 0.5 mm: 15 mm
+    lesion = Lesion(1, (lap, lpv))
+    assert lesion.primary.phase == "PVP" and lesion.primary.long_axis_mm == pytest.approx(15.0)
+
+
+def test_enhanced_ct_frames_get_their_own_rescale(tmp_path):
+    from pipeline.phantom import CaseOptions, LesionClass, WriteOptions, render_case, sample_case, write_study
+
+    intercepts = set()
+    for index in range(8):  # the phantom's header variants: Enhanced CT stores the rescale per frame group
+        spec = sample_case(2, index, CaseOptions(n_slices=3, lesion_classes=(LesionClass.MET,)))
+        intercepts.add(spec.header.rescale_intercept)
+        if spec.header.rescale_intercept != 0:
+            break
+    assert spec.header.rescale_intercept != 0, intercepts
+    case = render_case(spec)
+    labels = write_study(case, tmp_path, WriteOptions(enhanced=True))
+    for s in labels.series:
+        ls = load_series([tmp_path / "dicom" / s.instances[0].path])
+        order = np.argsort([case.spec.geometry.z_mm(k) for k in range(3)])
+        np.testing.assert_array_equal(ls.hu, case.volumes[s.phase][order])
+        frame_of_slice = {inst.slice_index: inst.frame_index + 1 for inst in s.instances}
+        assert ls.frame_numbers == tuple(frame_of_slice[int(k)] for k in order)
 
 
 def test_hierarchy_averages_logits_then_softmaxes():
