@@ -68,6 +68,20 @@ def test_ircad_headers_load():
     assert np.all(np.diff(ls.geometry.positions) > 0)
 
 
+def test_real_enhanced_ct_takes_its_rescale_from_the_shared_functional_group():
+    """NEMA's CT0012 (2 frames, JPEG Extended) has no top-level rescale: intercept -1024 sits in the shared
+    Pixel Value Transformation Sequence. Its stored background is 1023, i.e. -1 HU."""
+    path = REALDATA / "compressed-ct-transfer-syntaxes" / "cornerstone" / "CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"
+    ds = pydicom.dcmread(path)
+    assert "RescaleIntercept" not in ds
+    ls = load_series([path])
+    assert ls.hu.shape == (2, 512, 512) and sorted(ls.frame_numbers) == [1, 2]
+    raw = ds.pixel_array.astype(np.float32)
+    for i, frame in enumerate(ls.frame_numbers):
+        np.testing.assert_array_equal(ls.hu[i], raw[frame - 1] - 1024.0)
+    assert float(np.median(ls.hu)) == -1.0
+
+
 def _b(s, x1, y1, x2, y2, c=0.9):
     return Box2D(s, x1, y1, x2, y2, c)
 
