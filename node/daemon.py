@@ -24,7 +24,7 @@ from .jobs import JobQueue
 from .logs import kv
 from .metrics import MetricsServer, NodeMetrics
 from .outbox import OutboxSender, RetryPolicy
-from .retention import RetentionJob, RetentionPolicy
+from .retention import RetentionJob, RetentionPolicy, stale_reception_s
 from .sdnotify import Notifier
 from .tls import client_context
 from .readiness import ReadinessPolicy
@@ -135,7 +135,8 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     recovered = assembler.recover()
     retention = RetentionJob(index, spool, RetentionPolicy(settings.retention.completed_days,
                                                            settings.retention.failed_days),
-                             on_removed=lambda kind, n: metrics.retention_removed.labels(kind).inc(n))
+                             on_removed=lambda kind, n: metrics.retention_removed.labels(kind).inc(n),
+                             stale_incoming_s=stale_reception_s(settings))
     scheduler.add_job(retention.run_once, "interval", seconds=settings.retention.interval, id="retention",
                       replace_existing=True, coalesce=True, max_instances=1)
     scheduler.add_job(sender.run_once, "interval", seconds=settings.results.send_interval, id="outbox",

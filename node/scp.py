@@ -244,6 +244,7 @@ class StorageSCP:
         self._finish(event, released=True)
 
     def _on_aborted(self, event: evt.Event) -> None:
+        _discard_partial_dataset(event.assoc)
         self._finish(event, released=False)
 
     # --- DIMSE --------------------------------------------------------------------------------
@@ -289,6 +290,27 @@ class StorageSCP:
             state.studies.add(outcome.study_uid)
             self.on_instance(outcome.study_uid)
         return 0x0000
+
+
+def _discard_partial_dataset(assoc) -> None:
+    """Delete the temp file of a data set cut off by an abort (PHI that was never acknowledged).
+
+    pynetdicom's chunked receive opens it when the command arrives and unlinks it only after the
+    C-STORE handler ran, so an abort mid-transfer leaves it behind. The attributes are pynetdicom
+    internals, read defensively; the retention job's sweep of stale files is the backstop.
+    """
+    dimse = getattr(assoc, "dimse", None)
+    msg = getattr(dimse, "message", None)
+    path = getattr(msg, "_data_set_path", None)
+    if path is None:
+        return
+    handle = getattr(msg, "_data_set_file", None)
+    try:
+        if handle is not None:
+            handle.close()
+        Path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s", kv(event="partial_dataset_not_removed", reason=type(exc).__name__))
 
 
 def _safe_uid(value: object) -> str:

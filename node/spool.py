@@ -1,7 +1,8 @@
 """Received instances on disk: validated, written atomically, indexed, then acknowledged.
 
 A C-STORE success from this node means: the bytes are fsynced under their final name, the
-directory entry is fsynced, and the index row is committed with ``synchronous=FULL``. Paths are
+directory entry is fsynced, and the index row is committed (``synchronous=NORMAL``: a power cut may
+drop the commit, and ``reindex_orphans`` restores the row from the fsynced file at start). Paths are
 built from hashes only, never from a UID or an AE title (the storescp path-traversal CVEs).
 """
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 import shutil
 import sqlite3
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,12 +252,27 @@ class Spool:
         for d in (data_dir, self.root, self.incoming, self.studies):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
+        # Storing into a study and purging it (retention) must not interleave: a late instance stored
+        # between retention's choice and its delete would be acknowledged and then deleted.
+        # Striped, so the number of locks stays fixed however many studies pass through.
+        self._study_locks = tuple(threading.Lock() for _ in range(64))
 
-    def sweep_incoming(self) -> int:
-        """Remove partial receptions left by a crash (never acknowledged, so never promised)."""
+    def study_lock(self, study_uid: str) -> threading.Lock:
+        return self._study_locks[int(hashlib.sha256(study_uid.encode()).hexdigest()[:8], 16) % len(self._study_locks)]
+
+    def sweep_incoming(self, older_than_s: float | None = None) -> int:
+        """Remove partial receptions (never acknowledged, so never promised): all of them at start,
+        after a crash; while serving, those untouched for ``older_than_s`` (an aborted or stalled
+        association's data set; a live transfer writes to its file with every fragment)."""
         removed = 0
+        cutoff = time.time() - older_than_s if older_than_s is not None else None
         for p in self.incoming.iterdir():
-            p.unlink(missing_ok=True)
+            try:
+                if cutoff is not None and p.stat().st_mtime >= cutoff:
+                    continue
+                p.unlink()
+            except FileNotFoundError:  # consumed by its handler meanwhile
+                continue
             removed += 1
         return removed
 
@@ -299,20 +317,21 @@ class Spool:
             return StoreOutcome(info.study_uid, duplicate=True, conflict=False)
         conflict = self.index.count_versions(info.sop_instance) > 0
 
-        study_dir = self.study_dir(info.study_uid)
-        if not study_dir.exists():
-            study_dir.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(self.studies)
-        final = study_dir / f"{info.sha256}.dcm"
-        # The fsynced file under its final name is the durable record of the acknowledgement; the
-        # index row is re-derived from it by reindex_orphans() if a power loss drops the last commit.
-        _fsync_file(temp_path)
-        os.chmod(temp_path, 0o600)
-        os.replace(temp_path, final)
-        _fsync_dir(study_dir)
-        if not self._index(info, final, assoc_id, calling_aet):
-            # The same bytes arrived concurrently on another association and won the insert.
-            return StoreOutcome(info.study_uid, duplicate=True, conflict=False)
+        with self.study_lock(info.study_uid):
+            study_dir = self.study_dir(info.study_uid)
+            if not study_dir.exists():
+                study_dir.mkdir(mode=0o700, exist_ok=True)
+                _fsync_dir(self.studies)
+            final = study_dir / f"{info.sha256}.dcm"
+            # The fsynced file under its final name is the durable record of the acknowledgement; the
+            # index row is re-derived from it by reindex_orphans() if a power loss drops the last commit.
+            _fsync_file(temp_path)
+            os.chmod(temp_path, 0o600)
+            os.replace(temp_path, final)
+            _fsync_dir(study_dir)
+            if not self._index(info, final, assoc_id, calling_aet):
+                # The same bytes arrived concurrently on another association and won the insert.
+                return StoreOutcome(info.study_uid, duplicate=True, conflict=False)
         if conflict:
             log.warning("%s", kv(event="sop_instance_conflict", sop_instance_uid=info.sop_instance,
                                  study_uid=info.study_uid, action="kept_both"))

@@ -94,6 +94,10 @@ class StudyAssembler:
             replace_existing=True,
             misfire_grace_time=None,
             coalesce=True,
+            # A re-arm for "now" while check() still runs (an association released meanwhile) would
+            # otherwise be dropped as over max_instances, leaving the study with no timer. check() is
+            # serialised by its lock and safe to run twice.
+            max_instances=16,
         )
 
     # --- decision -------------------------------------------------------------------------------

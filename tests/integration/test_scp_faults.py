@@ -181,6 +181,38 @@ def test_stalled_peer_and_oversized_pdu_do_not_pin_slots(node_factory):
     assert "pdu_too_long" in node.log_text()
 
 
+def test_an_abort_mid_data_set_leaves_no_partial_file(node, monkeypatch):
+    """A peer that dies after the command and part of the data set: pynetdicom has already spooled the
+    partial data set (PHI) to a temp file; the node deletes it on the abort, not at its next start."""
+    from pynetdicom import dimse_messages
+
+    class Cut(Exception):
+        pass
+
+    encode = dimse_messages.DIMSEMessage.encode_msg
+
+    def cut_after_two_fragments(self, context_id, max_pdu):
+        for i, pdata in enumerate(encode(self, context_id, max_pdu)):
+            if isinstance(self, dimse_messages.C_STORE_RQ) and i == 2:
+                raise Cut()
+            yield pdata
+
+    monkeypatch.setattr(dimse_messages.DIMSEMessage, "encode_msg", cut_after_two_fragments)
+    incoming = node.data_dir / "spool" / "incoming"
+    ae = _ae()
+    ae.maximum_pdu_size = 16384
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="LIVERNODE")
+    assert assoc.is_established
+    ds = ct_instance(uid("abort"), uid("abort", "s"), 0, SeriesSpec("AP", 1), rows=256, cols=256)
+    with pytest.raises(Cut):
+        assoc.send_c_store(ds)
+    node.wait_for(lambda: any(incoming.iterdir()), timeout=10, interval=0.1)  # the partial file exists
+    assoc.abort()
+    node.wait_for(lambda: not any(incoming.iterdir()), timeout=10, interval=0.1)
+    monkeypatch.undo()
+    _echo_ok(node)  # and the node serves on
+
+
 def _try_echo(node) -> bool:
     assoc = _ae().associate("127.0.0.1", node.dicom_port, ae_title="LIVERNODE")
     if not assoc.is_established:

@@ -81,3 +81,49 @@ def test_pending_outbox_keeps_the_study(env):
                   " state, next_attempt_at, created) VALUES (?, 1, '1.2', '1.2', 'x', 'A@h:1', 'pending', 0, 0)",
                   (study,))
     assert RetentionJob(index, spool, RetentionPolicy(1, 1), clock=lambda: 10 * DAY_S).run_once().studies == 0
+
+
+def test_a_late_instance_stored_after_the_selection_is_not_purged(env):
+    """An association stores (and acknowledges) an instance of a done study between retention's query and
+    its delete: the study is receiving again, so it is skipped and nothing acknowledged is lost."""
+    import pydicom
+
+    tmp_path, index, spool = env
+    t0 = 1_000_000.0
+    study = _receive(tmp_path, spool, "late")
+    _complete(index, study, True, t0)
+    (late,) = write_series(tmp_path / "late-pvp", study, SeriesSpec("PVP", 1, number=3), rows=16, cols=16)
+    job = RetentionJob(index, spool, RetentionPolicy(7, 30), clock=lambda: t0 + 8 * DAY_S)
+    select = job.due_studies
+
+    def select_then_late_arrival():
+        due = select()
+        temp = spool.incoming / late.name
+        shutil.copy(late, temp)
+        ds = pydicom.dcmread(late, stop_before_pixels=True)
+        assert not spool.store(temp, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID,
+                               assoc_id="b", calling_aet="SCU").duplicate
+        return due
+
+    job.due_studies = select_then_late_arrival
+    assert job.run_once().studies == 0
+    sop = pydicom.dcmread(late, stop_before_pixels=True).SOPInstanceUID
+    assert index.scalar("SELECT COUNT(*) FROM instances WHERE sop_instance_uid=?", (sop,)) == 1
+    assert index.scalar("SELECT state FROM studies WHERE study_uid=?", (study,)) == "receiving"
+    assert len(list(spool.study_dir(study).glob("*.dcm"))) == 3
+
+
+def test_stale_partial_receptions_are_swept_and_live_ones_kept(env):
+    import os
+
+    tmp_path, index, spool = env
+    stale, live = spool.incoming / "tmpstale.dcm", spool.incoming / "tmplive.dcm"
+    for p in (stale, live):
+        p.write_bytes(b"\0" * 132)
+    old = os.stat(stale).st_mtime - 3600
+    os.utime(stale, (old, old))
+    removed: dict[str, int] = {}
+    job = RetentionJob(index, spool, RetentionPolicy(7, 30), on_removed=lambda k, n: removed.__setitem__(k, n),
+                       stale_incoming_s=600)
+    job.run_once()
+    assert not stale.exists() and live.exists() and removed == {"partial_receptions": 1}
