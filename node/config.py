@@ -30,7 +30,9 @@ class ConfigError(Exception):
 
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, no control chars
-_DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+# An IPv6 host in brackets; unbracketed as well, as outbox rows stored it before (the last ":" is the port's)
+_DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]|[0-9a-fA-F]*:[0-9a-fA-F:]+)"
+                      r":(?P<port>\d{1,5})$")
 
 
 def validate_ae_title(key: str, value: str) -> str:
@@ -57,8 +59,9 @@ class Destination:
             raise ConfigError(key, f"port {port} out of range 1-65535")
         return cls(validate_ae_title(key, m["ae"]), m["host"].strip("[]"), port)
 
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+    def __str__(self) -> str:  # parse() reads it back: an IPv6 host keeps its brackets
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from .worker import worker_probe
 from pipeline.phases import Phase
 
 log = logging.getLogger(__name__)
+WORKER_STOP_MARGIN_S = 10.0  # beyond worker.shutdown_timeout: its SIGTERM poll and the park itself
 
 
 def readiness_policy(settings: Settings) -> ReadinessPolicy:
@@ -162,9 +163,14 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     notifier.stopping()
     log.info("%s", kv(event="stopping", active_associations=scp.active_associations()))
     scp.shutdown(drain_timeout=settings.worker.shutdown_timeout / 2)
-    scheduler.shutdown(wait=False)
+    # No new outbox round; the one in flight finishes its current instance and records it before the
+    # index closes (sender.stop), so a delivered instance is not left pending.
+    sender.stop()
+    scheduler.shutdown(wait=True)
     if supervisor is not None:
-        supervisor.stop(settings.worker.shutdown_timeout)
+        # The worker notices SIGTERM within a second and then gives its job shutdown_timeout before it
+        # parks it; kill it only after that, or the job stays "running" with its attempt counted.
+        supervisor.stop(settings.worker.shutdown_timeout + WORKER_STOP_MARGIN_S)
     http.stop()
     index.close()
     log.info("%s", kv(event="stopped"))

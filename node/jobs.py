@@ -58,16 +58,25 @@ class JobQueue:
             )
             return Job(row["id"], row["study_uid"], row["revision"], row["attempts"] + 1, row["trigger"])
 
-    def finish(self, job: Job, ok: bool, reason: str | None, now: float, timings: dict | None = None) -> None:
+    def finish(self, job: Job, ok: bool, reason: str | None, now: float, timings: dict | None = None,
+               worker_pid: int | None = None) -> bool:
+        """Record the outcome; with ``worker_pid``, only while that worker still owns the job (False if not:
+        it was requeued meanwhile, and whoever runs it now records it)."""
         state = "done" if ok else "failed"
         with self.index.transaction() as c:
-            c.execute("UPDATE jobs SET state=?, reason=?, finished=?, timings=? WHERE id=?",
-                      (state, reason, now, json.dumps(timings) if timings else None, job.id))
+            owner = "" if worker_pid is None else " AND state='running' AND worker_pid=?"
+            cur = c.execute(f"UPDATE jobs SET state=?, reason=?, finished=?, timings=? WHERE id=?{owner}",
+                            (state, reason, now, json.dumps(timings) if timings else None, job.id,
+                             *(() if worker_pid is None else (worker_pid,))))
+            if cur.rowcount == 0:
+                log.warning("%s", kv(event="job_outcome_dropped", job=job.id, reason="no longer owned"))
+                return False
             # Only the latest revision moves the study; a late arrival has already reopened it.
             c.execute(
                 "UPDATE studies SET state=?, completed_at=? WHERE study_uid=? AND revision=? AND state='ready'",
                 (state, now, job.study_uid, job.revision),
             )
+        return True
 
     def park(self, job: Job) -> None:
         """Give a running job back to the queue (shutdown); the attempt is not counted."""
@@ -75,11 +84,20 @@ class JobQueue:
             c.execute("UPDATE jobs SET state='queued', attempts=attempts-1, worker_pid=NULL WHERE id=? AND state='running'",
                       (job.id,))
 
-    def recover_interrupted(self, now: float) -> tuple[int, int]:
-        """Requeue jobs a crashed worker left running; fail those out of attempts. Returns (requeued, failed)."""
+    def recover_interrupted(self, now: float, stale_s: float | None = None, idle_pid: int | None = None
+                            ) -> tuple[int, int]:
+        """Requeue jobs a crashed worker left running; fail those out of attempts. Returns (requeued, failed).
+
+        With ``stale_s``, a job whose worker wrote a heartbeat within ``stale_s`` is left alone: that worker
+        is alive (an orphan of a killed receiver finishing its study), and running it twice would
+        double the work and let the slower one's outcome win. ``idle_pid``, the idle worker calling, holds
+        no job: one running in its name is a dead predecessor's whose PID it reuses."""
         requeued = failed = 0
+        alive = "" if stale_s is None else (
+            " AND (worker_pid IS ? OR worker_pid NOT IN (SELECT pid FROM workers WHERE heartbeat >= ?))")
         with self.index.transaction() as c:
-            for row in c.execute("SELECT * FROM jobs WHERE state='running'").fetchall():
+            for row in c.execute("SELECT * FROM jobs WHERE state='running'" + alive,
+                                 () if stale_s is None else (idle_pid, now - stale_s)).fetchall():
                 if row["attempts"] >= self.max_attempts:
                     reason = f"worker stopped during analysis {row['attempts']} times"
                     c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=?", (reason, now, row["id"]))

@@ -91,7 +91,10 @@ class NodeMetrics:
         self.retention_removed = Counter("liver_node_retention_removed", "What the retention job deleted",
                                          ["kind"], registry=self.registry)
         self._index = index
-        self._last_job_seen = 0
+        # Timings of jobs finished before this process started were observed by an earlier one: a
+        # restart must not replay them into the histogram.
+        self._last_job_seen = int(index.scalar("SELECT COALESCE(MAX(id), 0) FROM jobs WHERE timings IS NOT NULL")
+                                  ) if index is not None else 0
         if index is not None:
             self.registry.register(IndexStateCollector(index, spool_root))
 

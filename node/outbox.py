@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
-from .config import Destination
+from .config import ConfigError, Destination
 from .index import Index
 from .logs import kv
 
@@ -96,10 +96,15 @@ class OutboxSender:
         self.rng = random.Random(seed)
         self.tls = tls
         self._lock = threading.Lock()  # one round at a time, even if the scheduler overlaps
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Shutdown: the round in flight ends after its current instance; no new round starts."""
+        self._stopping.set()
 
     def run_once(self) -> int:
         """Send everything due now; returns how many entries reached done."""
-        if not self._lock.acquire(blocking=False):
+        if self._stopping.is_set() or not self._lock.acquire(blocking=False):
             return 0
         try:
             due = self.index.query(
@@ -107,7 +112,18 @@ class OutboxSender:
             by_dest: dict[str, list] = {}
             for row in due:
                 by_dest.setdefault(row["destination"], []).append(row)
-            return sum(self._send_to(dest, rows) for dest, rows in by_dest.items())
+            delivered = 0
+            for dest, rows in by_dest.items():
+                if self._stopping.is_set():
+                    break
+                try:
+                    delivered += self._send_to(dest, rows)
+                except ConfigError as exc:  # a stored destination that no longer parses: only its rows fail
+                    for row in rows:
+                        self._failed(row, SendOutcome(False, True, f"destination unusable: {exc}"))
+                except Exception:  # noqa: BLE001 - one destination must not stop the others' deliveries
+                    log.exception("%s", kv(event="outbox_destination_error", destination=dest))
+            return delivered
         finally:
             self._lock.release()
 
@@ -131,6 +147,8 @@ class OutboxSender:
         delivered = 0
         try:
             for row in rows:
+                if self._stopping.is_set():
+                    break  # left pending, untouched: sent after the restart
                 if not assoc.is_established:
                     self._failed(row, SendOutcome(False, False, "association lost"))
                     continue

@@ -106,7 +106,7 @@ def send(paths: Iterable[Path], dest: Destination, calling_aet: str) -> SendRepo
     ae = _ae(calling_aet)
     assoc = _associate(ae, dest, contexts)
     try:
-        for path, _, _ in files:
+        for i, (path, _, _) in enumerate(files):
             try:
                 status = assoc.send_c_store(path)
             except (ValueError, AttributeError, RuntimeError) as exc:
@@ -116,6 +116,7 @@ def send(paths: Iterable[Path], dest: Destination, calling_aet: str) -> SendRepo
             if code is None:
                 report.failed.append((path, "no response (timeout or abort)"))
                 if not assoc.is_established:
+                    report.failed.extend((p, "not sent: association lost") for p, _, _ in files[i + 1:])
                     break
             elif code == 0x0000 or (code & 0xF000) == 0xB000:
                 report.sent += 1

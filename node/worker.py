@@ -118,7 +118,8 @@ class Worker:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
-        self.queue.recover_interrupted(time.time())
+        self.queue.recover_interrupted(time.time(), HEARTBEAT_STALE_S, idle_pid=self.pid)
+        next_recovery = time.monotonic() + HEARTBEAT_STALE_S
         try:
             self.runner = load_pipeline(self.settings)
             log.info("%s", kv(event="models_loaded"))
@@ -133,6 +134,9 @@ class Worker:
                 log.error("%s", kv(event="supervisor_gone", action="exit"))
                 break
             self.notifier.watchdog()
+            if time.monotonic() >= next_recovery:  # a job whose worker died while this one ran
+                self.queue.recover_interrupted(time.time(), HEARTBEAT_STALE_S, idle_pid=self.pid)
+                next_recovery = time.monotonic() + HEARTBEAT_STALE_S
             job = self.queue.claim(self.pid, time.time())
             if job is None:
                 self.heartbeat("idle")
@@ -150,7 +154,7 @@ class Worker:
                           attempt=job.attempts))
         self.heartbeat(f"running job {job.id}")
         if self.runner is None:
-            self.queue.finish(job, False, self.unavailable_reason, time.time())
+            self.queue.finish(job, False, self.unavailable_reason, time.time(), worker_pid=self.pid)
             log.error("%s", kv(event="job_failed", job=job.id, reason=self.unavailable_reason))
             return
         outcome: dict[str, Any] = {}
@@ -168,6 +172,7 @@ class Worker:
                 self._deliver(job, result, series, folder)
                 if result.status != "ok":
                     outcome["error"] = f"not analysed: {result.reason}"
+                outcome["finished"] = True
             except Exception as exc:  # the pipeline's failure becomes the job's recorded reason
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
 
@@ -183,8 +188,10 @@ class Worker:
                     self.queue.park(job)
                     log.warning("%s", kv(event="job_parked", job=job.id, reason="shutdown"))
                     return
+        if "error" not in outcome and not outcome.get("finished"):  # a BaseException ended the thread
+            outcome["error"] = "analysis ended without a result"
         ok = "error" not in outcome
-        self.queue.finish(job, ok, outcome.get("error"), time.time(), outcome.get("timings"))
+        self.queue.finish(job, ok, outcome.get("error"), time.time(), outcome.get("timings"), worker_pid=self.pid)
         log.log(logging.INFO if ok else logging.ERROR, "%s",
                 kv(event="job_done" if ok else "job_failed", job=job.id, reason=outcome.get("error", "")))
 

@@ -140,3 +140,81 @@ def test_status_classification_and_backoff():
     delays = [policy.delay(a, rng) for a in range(1, 8)]
     assert 2.5 <= delays[0] <= 7.5 and all(d <= 90.0 for d in delays)
     assert delays[4] > delays[0]
+
+
+def test_an_ipv6_destination_round_trips_and_does_not_block_the_others(setup, tmp_path):
+    """An IPv6 destination was stored without brackets and no longer parsed, which stopped every
+    delivery round before the other destinations' turn."""
+    index, files = setup
+    ipv6 = Destination.parse("PACS6@[::1]:9")
+    assert str(ipv6) == "PACS6@[::1]:9" and Destination.parse(str(ipv6)) == ipv6
+    assert Destination.parse("PACS6@::1:9") == ipv6  # as rows were stored before
+    port = free_port()
+    pacs = StoreSCP(tmp_path / "pacs", port)
+    try:
+        # the IPv6 one first, as it sorts; nothing listens on [::1]:9, so its rows wait for a retry
+        enqueue(index, "1.2.3", 1, files, [ipv6, Destination("PACS", "127.0.0.1", port)], time.time())
+        with index.transaction() as c:  # and one row as an older version stored it
+            c.execute("UPDATE outbox SET destination='PACS6@::1:9' WHERE id=(SELECT MIN(id) FROM outbox)")
+        with index.transaction() as c:  # a destination nothing can parse any more fails alone, permanently
+            c.execute("INSERT INTO outbox (study_uid, revision, sop_instance_uid, sop_class_uid, path, destination,"
+                      " state, next_attempt_at, created) VALUES ('1.2.3', 1, '1.2', '1.2', 'x', 'BROKEN', 'pending',"
+                      " 0, 0)")
+        assert OutboxSender(index, "LIVERNODE", RetryPolicy(5, 10.0, 60.0)).run_once() == 3
+        assert len(pacs.received()) == 3
+        rows = {r["destination"]: r["state"] for r in index.query("SELECT destination, state FROM outbox")}
+        assert rows["BROKEN"] == "dead" and rows["PACS6@[::1]:9"] == "pending"
+    finally:
+        pacs.stop()
+
+
+def test_a_stop_during_a_round_ends_it_after_the_current_instance(setup, tmp_path):
+    """Shutdown: the round in flight records what it delivered and leaves the rest pending, untouched."""
+    index, files = setup
+    port = free_port()
+    pacs = StoreSCP(tmp_path / "pacs", port)
+    try:
+        sender = OutboxSender(index, "LIVERNODE", RetryPolicy(5, 10.0, 60.0))
+        sender.on_result = lambda result: sender.stop()  # the signal lands during the first C-STORE
+        enqueue(index, "1.2.3", 1, files, [Destination("PACS", "127.0.0.1", port)], time.time())
+        assert sender.run_once() == 1
+        assert _states(index) == ["done", "pending", "pending"]
+        assert index.scalar("SELECT MAX(attempts) FROM outbox WHERE state='pending'") == 0
+        assert sender.run_once() == 0 and len(pacs.received()) == 1
+    finally:
+        pacs.stop()
+
+
+def test_the_send_command_accounts_for_every_file_when_the_association_drops(tmp_path, monkeypatch):
+    import socket
+
+    from pynetdicom import AllStoragePresentationContexts, evt
+
+    from node import scu
+
+    stores = []
+
+    def drop_on_second(event):
+        stores.append(1)
+        if len(stores) == 2:
+            event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+        return 0x0000
+
+    make_ae = scu._ae
+
+    def quick_ae(aet):  # the dropped C-STORE waits out the DIMSE timeout: 3 s, not 60
+        ae = make_ae(aet)
+        ae.dimse_timeout = 3
+        return ae
+
+    monkeypatch.setattr(scu, "_ae", quick_ae)
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, drop_on_second)])
+    files = write_series(tmp_path / "in", uid("scu-drop"), SeriesSpec("AP", 6), rows=16, cols=16)
+    try:
+        report = scu.send([tmp_path / "in"], Destination("PACS", "127.0.0.1", server.server_address[1]), "LIVERNODE")
+    finally:
+        server.shutdown()
+    assert report.sent + len(report.failed) + len(report.skipped) == len(files)
+    assert report.sent == 1 and any(reason == "not sent: association lost" for _, reason in report.failed)

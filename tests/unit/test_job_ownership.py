@@ -1,0 +1,71 @@
+"""Job ownership across worker deaths: a live worker's job is not run twice, and only its owner records it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from node.index import Index
+from node.jobs import JobQueue
+from node.metrics import NodeMetrics
+
+
+@pytest.fixture
+def index(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    with index.transaction() as c:
+        c.execute("INSERT INTO studies (study_uid, state, first_received, last_received) VALUES ('1.2', 'receiving', 0, 0)")
+    yield index
+    index.close()
+
+
+def _heartbeat(index, pid: int, at: float) -> None:
+    with index.transaction() as c:
+        c.execute("INSERT INTO workers (pid, started, heartbeat, models_loaded, status) VALUES (?, ?, ?, 1, 'busy')"
+                  " ON CONFLICT(pid) DO UPDATE SET heartbeat=excluded.heartbeat", (pid, at, at))
+
+
+def test_recovery_leaves_a_live_workers_job_and_requeues_a_dead_ones(index):
+    queue = JobQueue(index)
+    queue.enqueue_ready_study("1.2", "complete", 100.0)
+    job = queue.claim(111, 100.0)  # an orphan of a killed receiver, still running it
+    _heartbeat(index, 111, 195.0)
+    assert queue.recover_interrupted(200.0, stale_s=15.0, idle_pid=222) == (0, 0)
+    assert index.scalar("SELECT state FROM jobs") == "running"
+    assert queue.recover_interrupted(200.0) == (1, 0)  # without heartbeats (the old rule): requeued
+    job = queue.claim(111, 201.0)
+    assert queue.recover_interrupted(230.0, stale_s=15.0, idle_pid=222) == (1, 0)  # its heartbeat went stale
+    # the new owner claims it; the old one's late outcome is dropped, the owner's recorded
+    newer = queue.claim(222, 231.0)
+    assert not queue.finish(job, False, "orphan failed", 240.0, worker_pid=111)
+    assert index.scalar("SELECT state FROM jobs") == "running"
+    assert queue.finish(newer, True, None, 250.0, worker_pid=222)
+    assert index.scalar("SELECT state FROM jobs") == "done"
+    assert index.scalar("SELECT state FROM studies") == "done"
+
+
+def test_an_idle_worker_recovers_a_job_left_in_its_own_reused_pid(index):
+    queue = JobQueue(index)
+    queue.enqueue_ready_study("1.2", "complete", 100.0)
+    queue.claim(333, 100.0)
+    _heartbeat(index, 333, 199.0)  # the new worker with the dead one's PID is alive, and idle
+    assert queue.recover_interrupted(200.0, stale_s=15.0, idle_pid=333) == (1, 0)
+
+
+def test_a_restart_does_not_replay_earlier_stage_timings(index):
+    queue = JobQueue(index)
+    queue.enqueue_ready_study("1.2", "complete", 100.0)
+    queue.finish(queue.claim(1, 100.0), True, None, 101.0, {"detect": 2.0})
+
+    def observed(metrics: NodeMetrics) -> float:
+        metrics.collect_worker()
+        return sum(s.value for m in metrics.stage_seconds.collect() for s in m.samples if s.name.endswith("_count"))
+
+    assert observed(NodeMetrics(index)) == 0.0  # finished before this process started
+    metrics = NodeMetrics(index)
+    with index.transaction() as c:
+        c.execute("UPDATE studies SET state='receiving'")
+    queue.enqueue_ready_study("1.2", "complete", 200.0)
+    queue.finish(queue.claim(1, 200.0), True, None, 201.0, {"detect": 1.0, "classify": 0.5})
+    assert observed(metrics) == 2.0
+    assert json.loads(index.scalar("SELECT timings FROM jobs ORDER BY id DESC LIMIT 1"))["classify"] == 0.5
