@@ -7,6 +7,7 @@ because association threads write concurrently and SQLite allows one writer anyw
 """
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -106,7 +107,18 @@ CREATE TABLE IF NOT EXISTS workers (
     models TEXT,                         -- JSON [{name, version, sha256}]
     status TEXT
 );
+-- The last revision of each purged study, keyed by a hash of its UID (no identifier outlives the
+-- purge): a study received again continues past it, so its results get new SOP Instance UIDs
+-- (they derive from the revision) that a PACS keeping the first copy of a UID cannot swallow.
+CREATE TABLE IF NOT EXISTS purged_revisions (
+    study_hash TEXT PRIMARY KEY,
+    last_revision INTEGER NOT NULL
+);
 """
+
+
+def study_hash(study_uid: str) -> str:
+    return hashlib.sha256(study_uid.encode()).hexdigest()
 
 STUDY_STATES = ("receiving", "ready", "done", "failed")
 JOB_STATES = ("queued", "running", "done", "failed")

@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from .index import Index
+from .index import Index, study_hash
 from .logs import kv
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ class JobQueue:
             row = c.execute("SELECT state, revision FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
             if row is None or row["state"] != "receiving":
                 return None
-            revision = row["revision"] + 1
+            purged = c.execute("SELECT last_revision FROM purged_revisions WHERE study_hash=?",
+                               (study_hash(study_uid),)).fetchone()
+            revision = max(row["revision"], purged[0] if purged else 0) + 1
             c.execute(
                 "UPDATE studies SET state='ready', revision=?, ready_at=?, ready_trigger=? WHERE study_uid=?",
                 (revision, now, trigger, study_uid),

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .index import Index
+from .index import Index, study_hash
 from .logs import kv
 from .spool import Spool
 
@@ -102,6 +102,9 @@ class RetentionJob:
         if folder.exists():
             shutil.rmtree(folder)
         with self.index.transaction() as c:
+            c.execute("INSERT INTO purged_revisions (study_hash, last_revision) SELECT ?, revision FROM studies"
+                      " WHERE study_uid=? ON CONFLICT(study_hash) DO UPDATE SET last_revision=MAX(last_revision,"
+                      " excluded.last_revision)", (study_hash(uid), uid))
             for table in ("instances", "series", "jobs", "outbox", "studies"):
                 c.execute(f"DELETE FROM {table} WHERE study_uid=?", (uid,))
         return n, b, results

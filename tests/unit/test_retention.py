@@ -127,3 +127,17 @@ def test_stale_partial_receptions_are_swept_and_live_ones_kept(env):
                        stale_incoming_s=600)
     job.run_once()
     assert not stale.exists() and live.exists() and removed == {"partial_receptions": 1}
+
+
+def test_a_study_received_again_after_its_purge_gets_a_new_revision(env):
+    """Result UIDs derive from (study, revision, models): restarting at revision 1 would reuse the first
+    delivery's UIDs, which a PACS that keeps the first copy of a UID would silently ignore."""
+    tmp_path, index, spool = env
+    study = _receive(tmp_path, spool, "again")
+    _complete(index, study, True, 0.0)
+    assert index.scalar("SELECT revision FROM studies WHERE study_uid=?", (study,)) == 1
+    assert RetentionJob(index, spool, RetentionPolicy(1, 1), clock=lambda: 10 * DAY_S).run_once().studies == 1
+    assert study not in str(index.query("SELECT * FROM purged_revisions"))  # only a hash outlives it
+    assert _receive(tmp_path, spool, "again") == study
+    assert JobQueue(index).enqueue_ready_study(study, "complete", 11 * DAY_S) is not None
+    assert index.scalar("SELECT revision FROM studies WHERE study_uid=?", (study,)) == 2
