@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="studies, jobs and spool use from the index")
     _config_args(p)
 
+    p = sub.add_parser("requeue-dead", help="retry dead-lettered result deliveries (after an outage or a fix)")
+    _config_args(p)
+    p.add_argument("--to", help="only this destination's, AE@HOST:PORT as configured")
+
     p = sub.add_parser("run", help="analyse a folder tree of DICOM files offline; results in OUT/<study>/")
     p.add_argument("input", type=Path)
     p.add_argument("--out", type=Path, required=True)
@@ -122,9 +126,30 @@ def cmd_status(settings: Settings) -> int:
     n = index.scalar("SELECT COUNT(*) FROM instances")
     age = f"{(time.time() - oldest) / 86400:.1f} days" if oldest else "-"
     print(f"spool:   instances={n} bytes={size} oldest={age}")
+    print("outbox: ", " ".join(f"{k}={v}" for k, v in index.counts_by_state("outbox").items()))
     for row in index.query("SELECT state, reason, COUNT(*) FROM jobs WHERE state='failed' GROUP BY reason"):
         print(f"failed jobs: {row[2]} x {row[1]}")
     index.close()
+    return 0
+
+
+def cmd_requeue_dead(settings: Settings, destination: str | None) -> int:
+    from .index import Index
+    from .outbox import requeue_dead
+
+    db = settings.data_dir / "index.sqlite"
+    if not db.exists():
+        print(f"no index at {db}")
+        return 1
+    try:
+        dest = str(Destination.parse(destination, "--to")) if destination else None
+    except ConfigError as exc:
+        print(f"liver-node: {exc}", file=sys.stderr)
+        return 2
+    index = Index(db)
+    n = requeue_dead(index, time.time(), dest)
+    index.close()
+    print(f"requeued {n} dead-lettered deliveries" + (f" for {dest}" if dest else ""))
     return 0
 
 
@@ -219,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return Worker(settings).run()
     if args.command == "status":
         return cmd_status(settings)
+    if args.command == "requeue-dead":
+        return cmd_requeue_dead(settings, args.to)
     from .scu import SCUError, echo, send
 
     try:

@@ -124,7 +124,7 @@ class ResultSettings:
     destinations: list[str] = field(default_factory=list)  # AE@HOST:PORT each, for every study
     # Calling AE title of the sender -> AE@HOST:PORT its results go back to.
     return_to: dict[str, str] = field(default_factory=dict)
-    max_attempts: int = 8
+    max_attempts: int = 20  # about 3 h of retries at the default delays, then dead-lettered
     retry_base_delay: float = 5.0  # seconds; doubles per attempt, with +-50% jitter
     retry_max_delay: float = 900.0
     send_interval: float = 2.0  # how often the outbox looks for due entries

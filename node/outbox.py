@@ -57,6 +57,8 @@ def classify_status(status: int | None) -> SendOutcome:
         return SendOutcome(False, False, "no response (timeout or abort)")
     if status == 0x0000 or (status & 0xF000) == 0xB000:
         return SendOutcome(True, False, "success" if status == 0 else f"warning 0x{status:04X}")
+    if status == 0x0111:  # "duplicate SOP instance": it holds this UID already, and ours are deterministic
+        return SendOutcome(True, False, "already stored (0x0111)")
     permanent = status == 0x0122 or (status & 0xFF00) == 0xA900 or (status & 0xF000) == 0xC000
     return SendOutcome(False, permanent, f"status 0x{status:04X}")
 
@@ -77,6 +79,16 @@ def enqueue(index: Index, study_uid: str, revision: int, files: list[Path], dest
                 )
                 added += cur.rowcount
     return added
+
+
+def requeue_dead(index: Index, now: float, destination: str | None = None) -> int:
+    """Give dead letters (all, or one destination's) a fresh retry budget, due now; returns how many.
+    For after an outage longer than the retry budget, or a refusal that has been fixed at the PACS."""
+    where = "state='dead'" + (" AND destination=?" if destination else "")
+    with index.transaction() as c:
+        cur = c.execute(f"UPDATE outbox SET state='pending', attempts=0, next_attempt_at=? WHERE {where}",
+                        (now, *((destination,) if destination else ())))
+        return cur.rowcount
 
 
 class OutboxSender:

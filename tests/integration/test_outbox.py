@@ -127,6 +127,12 @@ def test_permanent_refusal_goes_to_dead_letter_at_once(setup, tmp_path):
         assert results == ["dead_letter"] * 3
         assert "rejected (permanent)" in index.scalar("SELECT last_error FROM outbox")
         assert sender.run_once() == 0 and len(results) == 3
+        # once the PACS is fixed, an administrator gives the dead letters another try
+        from node.cli import main
+
+        assert main(["requeue-dead", "--data-dir", str(tmp_path), "--to", f"PACS@127.0.0.1:{port}"]) == 0
+        assert _states(index) == ["pending"] * 3
+        assert index.scalar("SELECT MAX(attempts) FROM outbox") == 0
     finally:
         pacs.shutdown()
 
@@ -135,6 +141,7 @@ def test_status_classification_and_backoff():
     assert classify_status(0x0000).ok and classify_status(0xB000).ok
     assert classify_status(0x0122).permanent and classify_status(0xA900).permanent
     assert classify_status(0xC211).permanent
+    assert classify_status(0x0111).ok  # a re-send after a crash that the PACS already holds
     assert not classify_status(0xA700).permanent and not classify_status(None).permanent
     policy, rng = RetryPolicy(8, 5.0, 60.0), random.Random(0)
     delays = [policy.delay(a, rng) for a in range(1, 8)]
