@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.phases import IGNORED
+
 from .config import Settings
 from .index import Index
 from .jobs import Job, JobQueue
@@ -40,15 +42,16 @@ class SeriesFiles:
     phase: str
     phase_reason: str
     paths: tuple[Path, ...]
+    ignored: bool = False
 
 
 def study_series(index: Index, spool: Spool, study_uid: str) -> list[SeriesFiles]:
     out = []
-    for s in index.query("SELECT series_uid, phase, phase_reason FROM series WHERE study_uid=? ORDER BY series_number",
-                         (study_uid,)):
+    for s in index.query("SELECT series_uid, phase, phase_reason, phase_source FROM series WHERE study_uid=?"
+                         " ORDER BY series_number", (study_uid,)):
         paths = tuple(spool.absolute(r[0]) for r in index.query(
             "SELECT path FROM instances WHERE series_uid=? ORDER BY id", (s[0],)))
-        out.append(SeriesFiles(s[0], s[1] or "OTHER", s[2] or "", paths))
+        out.append(SeriesFiles(s[0], s[1] or "OTHER", s[2] or "", paths, s[3] == IGNORED))
     return out
 
 
@@ -163,7 +166,7 @@ class Worker:
             try:
                 from pipeline.analyzer import SeriesInput
 
-                series = [SeriesInput(s.series_uid, s.phase, s.phase_reason, s.paths)
+                series = [SeriesInput(s.series_uid, s.phase, s.phase_reason, s.paths, s.ignored)
                           for s in study_series(self.index, self.spool, job.study_uid)]
                 result = self.runner.run_study(job.study_uid, series)
                 outcome["timings"] = result.timings_s

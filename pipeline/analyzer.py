@@ -37,6 +37,7 @@ class SeriesInput:
     phase: str  # NC / AP / PVP / DELAYED / OTHER, from pipeline.phases
     phase_reason: str
     paths: tuple[Path, ...]
+    ignored: bool = False  # not a diagnostic series (scout, dose report, iodine map...): never analysed
 
 
 class Detector(Protocol):
@@ -92,49 +93,59 @@ class Analyzer:
         return cls(detector, classifier, models, options, verifier)
 
     # --- phase choice -----------------------------------------------------------------------------
-    def _choose(self, series: Sequence[SeriesInput]) -> tuple[list[SeriesInput], str | None, str | None]:
-        """Series to analyse, the phase mode, or a reason to refuse."""
+    def _choose(self, series: Sequence[SeriesInput]) -> tuple[list[list[SeriesInput]], bool, str | None]:
+        """Per phase to analyse, its candidate series in order of preference; whether the phase is
+        unknown; or a reason to refuse. The first candidate that loads is used: a coronal reformat
+        labelled with the phase is refused by the loader, and the axial series after it is tried."""
         by_phase: dict[str, list[SeriesInput]] = {}
         for s in series:
-            by_phase.setdefault(s.phase, []).append(s)
-        # Several recons of one phase: the one with most images (thinnest) carries most evidence.
-        chosen = [max(by_phase[p], key=lambda s: len(s.paths)) for p in PRIMARY_PHASES if p in by_phase]
-        if len(chosen) == 2:
-            return chosen, "AP+PVP", None
-        if len(chosen) == 1:
-            return chosen, f"{chosen[0].phase} only", None
+            if not s.ignored:
+                by_phase.setdefault(s.phase, []).append(s)
+
+        def ranked(candidates: list[SeriesInput]) -> list[SeriesInput]:
+            # Several recons of one phase: the one with most images (thinnest) carries most evidence;
+            # the UID breaks ties, so a batch run and the node choose alike whatever the file order.
+            return sorted(candidates, key=lambda s: (-len(s.paths), s.series_uid))
+
+        chosen = [ranked(by_phase[p]) for p in PRIMARY_PHASES if p in by_phase]
+        if chosen:
+            return chosen, False, None
         others = by_phase.get("OTHER", [])
         if others and self.options.unknown_phase == "run":
-            return [max(others, key=lambda s: len(s.paths))], "unknown phase", None
+            return [ranked(others)], True, None
         if others:
-            return [], None, "no arterial or portal-venous series identified (unknown-phase analysis disabled)"
-        return [], None, "no arterial, portal-venous or unlabelled CT series in the study"
+            return [], False, "no arterial or portal-venous series identified (unknown-phase analysis disabled)"
+        return [], False, "no arterial, portal-venous or unlabelled CT series in the study"
 
     # --- the study --------------------------------------------------------------------------------
     def run_study(self, study_uid: str, series: Sequence[SeriesInput]) -> StudyResult:
         result = StudyResult(study_uid, status="ok", models=list(self.models))
-        chosen, mode, refusal = self._choose(series)
-        chosen_ids = {s.series_uid for s in chosen}
-        result.phase_mode = mode
+        chosen, unknown_phase, refusal = self._choose(series)
+        chosen_ids = {s.series_uid for candidates in chosen for s in candidates}
         t = time.perf_counter()
         loaded: list[tuple[SeriesInput, LoadedSeries]] = []
         uses: dict[str, SeriesUse] = {}
         for s in series:
             uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, False)
-        for s in chosen:
-            try:
-                ls = load_series(s.paths)
-            except SeriesError as exc:
-                uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, False, (f"not analysed: {exc}",))
-                continue
-            loaded.append((s, ls))
-            uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, True, ls.notes)
+        for candidates in chosen:
+            for s in candidates:
+                try:
+                    ls = load_series(s.paths)
+                except SeriesError as exc:
+                    uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, False,
+                                                   (f"not analysed: {exc}",))
+                    continue
+                loaded.append((s, ls))
+                uses[s.series_uid] = SeriesUse(s.series_uid, s.phase, s.phase_reason, True, ls.notes)
+                break
         result.series = [uses[s.series_uid] for s in series]
         result.timings_s["load"] = time.perf_counter() - t
         if refusal or not loaded:
             result.status = "not_analysed"
             result.reason = refusal or "; ".join(n for u in uses.values() if u.series_uid in chosen_ids for n in u.notes)
             return result
+        result.phase_mode = ("unknown phase" if unknown_phase else
+                             "AP+PVP" if len(loaded) == 2 else f"{loaded[0][0].phase} only")
         if len(loaded) < len(chosen) or len(loaded) == 1:
             result.notes.append(f"analysed on {', '.join(s.phase for s, _ in loaded)} only")
 
@@ -217,7 +228,7 @@ class Analyzer:
         if reported:  # the paper's patient averaging: all crops of all reported lesions
             result.case = decide(logits.select(np.concatenate(reported)))
         result.timings_s["aggregate"] = time.perf_counter() - t
-        log.info("study analysed study_uid=%s lesions=%d mode=%s", study_uid, len(result.lesions), mode)
+        log.info("study analysed study_uid=%s lesions=%d mode=%s", study_uid, len(result.lesions), result.phase_mode)
         return result
 
     def _partners(self, loaded: Sequence[tuple[SeriesInput, LoadedSeries]],

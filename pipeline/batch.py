@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 
 from .analyzer import Analyzer, SeriesInput
 from .outputs import write_result_objects
-from .phases import PhaseRules, SeriesHeader, label_series
+from .phases import IGNORED, PhaseRules, SeriesHeader, label_series
 
 log = logging.getLogger(__name__)
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -29,6 +29,7 @@ class _SeriesScan:
     first: pydicom.Dataset
     paths: list[Path] = field(default_factory=list)
     earliest_time: str | None = None
+    sops: set[str] = field(default_factory=set)
 
 
 def _text(ds, keyword: str) -> str | None:
@@ -46,7 +47,7 @@ def header_of(series_uid: str, scan: _SeriesScan) -> SeriesHeader:
         series_instance_uid=series_uid,
         modality=str(ds.get("Modality", "") or ""),
         series_description=_text(ds, "SeriesDescription"),
-        series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+        series_number=_int_or_none(ds.get("SeriesNumber")),
         image_type=tuple(str(v) for v in ds.get("ImageType", [])),
         contrast_agent=_text(ds, "ContrastBolusAgent"),
         contrast_route=_text(ds, "ContrastBolusRoute"),
@@ -57,6 +58,13 @@ def header_of(series_uid: str, scan: _SeriesScan) -> SeriesHeader:
         image_orientation=orientation,
         num_instances=len(scan.paths),
     )
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):  # IS holding text: the phase rules do without a series number
+        return None
 
 
 def scan_studies(root: Path) -> dict[str, dict[str, _SeriesScan]]:
@@ -70,6 +78,10 @@ def scan_studies(root: Path) -> dict[str, dict[str, _SeriesScan]]:
         if not study or not series:
             continue
         scan = studies[study].setdefault(series, _SeriesScan(ds))
+        sop = str(ds.get("SOPInstanceUID", ""))
+        if sop and sop in scan.sops:  # the same instance twice (an export copy): one slice, not two
+            continue
+        scan.sops.add(sop)
         scan.paths.append(path)
         t = _text(ds, "AcquisitionTime")
         if t and (scan.earliest_time is None or t < scan.earliest_time):
@@ -80,7 +92,8 @@ def scan_studies(root: Path) -> dict[str, dict[str, _SeriesScan]]:
 def study_inputs(series: dict[str, _SeriesScan], rules: PhaseRules) -> list[SeriesInput]:
     headers = [header_of(uid, scan) for uid, scan in series.items()]
     labels = label_series(headers, rules)
-    return [SeriesInput(uid, labels[uid].phase.value, labels[uid].reason, tuple(scan.paths))
+    return [SeriesInput(uid, labels[uid].phase.value, labels[uid].reason, tuple(scan.paths),
+                        ignored=labels[uid].source == IGNORED)
             for uid, scan in series.items()]
 
 
@@ -96,10 +109,18 @@ def run_folder(analyzer: Analyzer, root: Path, out: Path, rules: PhaseRules = Ph
             print(f"skipped: invalid StudyInstanceUID in {root}", file=sys.stderr)
             failures += 1
             continue
-        inputs = study_inputs(series, rules)
-        result = analyzer.run_study(study_uid, inputs)
-        result.write(out / study_uid)
-        write_result_objects(result, inputs, out / study_uid, heatmap=getattr(analyzer, "heatmap", None))
+        try:
+            inputs = study_inputs(series, rules)
+            result = analyzer.run_study(study_uid, inputs)
+            result.write(out / study_uid)
+            write_result_objects(result, inputs, out / study_uid, heatmap=getattr(analyzer, "heatmap", None))
+        except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the batch
+            # the exception's text can hold file paths (patient names in folder names): at DEBUG only
+            log.debug("study failed", exc_info=True)
+            print(f"study={study_uid} status=failed reason={type(exc).__name__} (details with --log-level DEBUG)",
+                  flush=True)
+            failures += 1
+            continue
         case = result.case.cls if result.case else None
         secs = sum(result.timings_s.values())
         print(f"study={study_uid} status={result.status} mode={result.phase_mode} lesions={len(result.lesions)} "

@@ -5,7 +5,7 @@ every series. Per series, the first step that decides wins:
 
 0. ignore: modality not in ``modalities``, an ImageType value in ``ignore_image_types``
    (LOCALIZER, SCREEN SAVE), or a description matching ``ignore_patterns`` (scout, topogram,
-   dose report, bolus tracking, VNC/iodine maps) -> OTHER, source "none".
+   dose report, bolus tracking, VNC/iodine maps) -> OTHER, source "ignored" (never analysed).
 1. description: the SeriesDescription is matched against the NC/AP/PVP/DELAYED pattern families.
    One family -> that phase, unless bolus timing falls in a *different* phase window (conflict ->
    OTHER). Several families -> conflict, resolved only when timing names one of them.
@@ -76,9 +76,11 @@ class SeriesHeader:
 @dataclass(frozen=True)
 class PhaseLabel:
     phase: Phase
-    source: str  # "description" | "timing" | "ordering" | "contrast" | "none": the step that decided
+    source: str  # "description" | "timing" | "ordering" | "contrast" | "none" | IGNORED: the step that decided
     reason: str
 
+
+IGNORED = "ignored"  # PhaseLabel.source of a series that is not a diagnostic CT series (step 0)
 
 _TM_RE = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?")
 
@@ -256,7 +258,7 @@ def label_series(headers: Sequence[SeriesHeader], rules: PhaseRules) -> dict[str
             raise PhaseError(f"duplicate series {uid} in one study")
         ignored = _ignore_reason(h, rules)
         if ignored is not None:
-            labels[uid] = PhaseLabel(Phase.OTHER, "none", ignored)
+            labels[uid] = PhaseLabel(Phase.OTHER, IGNORED, ignored)
             continue
         t = _timing(h, rules)
         direct = _direct_label(h, rules, t)

@@ -106,6 +106,68 @@ def test_run_study_groups_truth_boxes_into_one_lesion_across_phases(phantom, tmp
     assert refused.status == "not_analysed" and "disabled" in refused.reason
 
 
+def test_a_candidate_that_cannot_be_loaded_gives_way_to_the_next_and_ignored_series_are_never_used(phantom, tmp_path):
+    """A coronal reformat labelled AP with more images than the axial AP is refused by the loader: the axial
+    one is then analysed, not skipped. A scout or iodine map (ignored) is not an unknown-phase candidate."""
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = [s for s in study_inputs(series, PhaseRules()) if s.phase in ("AP", "PVP")]
+    junk = []
+    for i in range(60):  # more "images" than the real AP: ranked first, and unreadable
+        junk.append(tmp_path / f"reformat-{i}.dcm")
+        junk[-1].write_bytes(b"not DICOM")
+    reformat = SeriesInput("1.2.3.999", "AP", "description matches AP pattern 'art'", tuple(junk))
+    analyzer = Analyzer(_oracle(out), FixedClassifier(), [])
+    result = analyzer.run_study(study_uid, [reformat, *inputs])
+    assert result.status == "ok" and result.phase_mode == "AP+PVP" and len(result.lesions) == 1
+    uses = {u.series_uid: u for u in result.series}
+    assert not uses["1.2.3.999"].used and uses["1.2.3.999"].notes[0].startswith("not analysed:")
+    assert sum(u.used for u in result.series) == 2
+    pvp = next(s for s in inputs if s.phase == "PVP")
+    unlabelled = SeriesInput(pvp.series_uid, "OTHER", "no phase keyword", pvp.paths)
+    ap = next(s for s in inputs if s.phase == "AP")
+    iodine = SeriesInput(ap.series_uid, "OTHER", "description matches ignore pattern 'iodine'",
+                         ap.paths + pvp.paths, ignored=True)  # more images, but never a candidate
+    result = analyzer.run_study(study_uid, [iodine, unlabelled])
+    assert result.phase_mode == "unknown phase"
+    assert [u.series_uid for u in result.series if u.used] == [pvp.series_uid]
+    assert analyzer.run_study(study_uid, [iodine]).status == "not_analysed"
+
+
+class RaisingDetector(OracleDetector):
+    """Fails on one study's images, as a CUDA out-of-memory error would."""
+
+    def __init__(self, boxes, fail_on_width: int) -> None:
+        super().__init__(boxes)
+        self.fail_on_width = fail_on_width
+
+    def detect(self, slices_u8, slice_spacing_mm=None, partner_u8=None):
+        if slices_u8.shape[-1] == self.fail_on_width:
+            raise RuntimeError("CUDA out of memory")
+        return super().detect(slices_u8, slice_spacing_mm)
+
+
+def test_a_batch_run_goes_on_past_a_failing_study_and_counts_a_copied_file_once(phantom, tmp_path, capsys):
+    import shutil
+
+    from tests.support.ctdata import SeriesSpec, uid, write_series
+
+    out, _ = phantom
+    root = tmp_path / "in"
+    shutil.copytree(out, root / "phantom")
+    small = write_series(root / "small", uid("batch-small"), SeriesSpec("PV 3.0", 4), rows=32, cols=32)
+    shutil.copy(small[0], root / "small" / "copy of first.dcm")  # an export copy of one instance
+    analyzer = Analyzer(RaisingDetector(_oracle(out).boxes, fail_on_width=32), FixedClassifier(), [])
+    assert run_folder(analyzer, root, tmp_path / "results") == 1  # one study failed
+    lines = capsys.readouterr().out
+    assert "status=failed reason=RuntimeError" in lines and "CUDA" not in lines  # no exception text: paths
+    assert lines.index("status=failed") < lines.index("status=ok")  # the failure came first
+    (result_file,) = (tmp_path / "results").rglob("result.json")  # the phantom study, after the failure
+    assert len(json.loads(result_file.read_text())["lesions"]) == 1
+    (small_series,) = scan_studies(root / "small").values()
+    assert [len(s.paths) for s in small_series.values()] == [4]
+
+
 class PairClassifier(FixedClassifier):
     input_mode = "phase-pair"
 

@@ -119,7 +119,7 @@ def test_description_table(desc: str | None, expected: object) -> None:
     else:
         assert label.phase is Phase.OTHER
         if expected == "ignored":
-            assert label.source == "none" and "ignore pattern" in label.reason
+            assert label.source == "ignored" and "ignore pattern" in label.reason
         elif expected == "conflict":
             assert label.source == "description" and "several phases" in label.reason
         else:
@@ -338,7 +338,7 @@ def test_three_phase_study_mixed_sources() -> None:
 # --- ignore rules, errors ----------------------------------------------------------------------------------
 def test_non_ct_is_other() -> None:
     label = one(hdr(desc="Arterial", modality="MR"))
-    assert (label.phase, label.source) == (Phase.OTHER, "none")
+    assert (label.phase, label.source) == (Phase.OTHER, "ignored")
     assert "modality 'MR' is not one of CT" in label.reason
 
 
