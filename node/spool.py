@@ -26,6 +26,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
+from pipeline.phases import tm_before
+
 from .index import Index, now
 from .logs import kv
 
@@ -357,16 +359,19 @@ class Spool:
                     " last_assoc_released=0, calling_aet=COALESCE(excluded.calling_aet, studies.calling_aet)",
                     (info.study_uid, received, received, assoc_id, calling_aet),
                 )
+                # The series starts at its earliest slice, on the clock's circle (a scan across midnight).
+                known = c.execute("SELECT acquisition_time FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
+                start = f.acquisition_time
+                if known is not None and not tm_before(f.acquisition_time, known[0]):
+                    start = known[0]
                 c.execute(
                     "INSERT INTO series (series_uid, study_uid, modality, description, series_number, image_type,"
                     " contrast_agent, contrast_route, contrast_start_time, acquisition_time, series_time,"
                     " protocol_name, orientation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT(series_uid) DO UPDATE SET acquisition_time = CASE"
-                    "  WHEN series.acquisition_time IS NULL OR excluded.acquisition_time < series.acquisition_time"
-                    "  THEN excluded.acquisition_time ELSE series.acquisition_time END",
+                    " ON CONFLICT(series_uid) DO UPDATE SET acquisition_time = excluded.acquisition_time",
                     (info.series_uid, info.study_uid, f.modality, f.description, f.series_number,
                      f.image_type, f.contrast_agent, f.contrast_route, f.contrast_start_time,
-                     f.acquisition_time, f.series_time, f.protocol_name, f.orientation),
+                     start, f.series_time, f.protocol_name, f.orientation),
                 )
         except sqlite3.IntegrityError:
             return False

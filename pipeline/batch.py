@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 
 from .analyzer import Analyzer, SeriesInput
 from .outputs import write_result_objects
-from .phases import IGNORED, PhaseRules, SeriesHeader, label_series
+from .phases import IGNORED, PhaseRules, SeriesHeader, label_series, tm_before
 
 log = logging.getLogger(__name__)
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -84,7 +84,7 @@ def scan_studies(root: Path) -> dict[str, dict[str, _SeriesScan]]:
         scan.sops.add(sop)
         scan.paths.append(path)
         t = _text(ds, "AcquisitionTime")
-        if t and (scan.earliest_time is None or t < scan.earliest_time):
+        if t and (scan.earliest_time is None or tm_before(t, scan.earliest_time)):
             scan.earliest_time = t
     return studies
 

@@ -98,6 +98,16 @@ def parse_tm(value: str | None) -> float | None:
     return hh * 3600 + mm * 60 + ss + (float("0." + m.group(4)) if m.group(4) else 0.0)
 
 
+def tm_before(a: str | None, b: str | None) -> bool:
+    """Whether acquisition time ``a`` comes before ``b`` in one study: on the 24-hour circle, ``a`` lies less
+    than 12 h before ``b``, so a series scanned from 23:59:40 to 00:00:04 starts at 23:59:40. A usable time
+    comes before an unusable one."""
+    ta, tb = parse_tm(a), parse_tm(b)
+    if ta is None or tb is None:
+        return ta is not None
+    return 0.0 < (tb - ta) % 86400.0 < 43200.0
+
+
 def _normalise(text: str | None) -> str:
     return re.sub(r"[\s_]+", " ", text or "").strip()
 

@@ -476,3 +476,11 @@ def test_real_single_files_are_other_with_reason(path: str, expected_reason: str
     label = one(_real_header(_files(path), path))
     assert label.phase is Phase.OTHER
     assert expected_reason in label.reason
+
+
+def test_the_start_of_a_series_scanned_across_midnight():
+    from pipeline.phases import tm_before
+
+    assert tm_before("235940", "000004") and not tm_before("000004", "235940")
+    assert tm_before("101500", "101530.5") and not tm_before("101530", "101530")
+    assert tm_before("101500", None) and not tm_before(None, "101500") and not tm_before("garbage", "101500")

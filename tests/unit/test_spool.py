@@ -71,3 +71,18 @@ def test_orphan_files_are_reindexed_at_start(spool, tmp_path):
     rows = spool.index.query("SELECT sop_instance_uid, sha256 FROM instances")
     assert [(r[0], r[1]) for r in rows] == [(ds.SOPInstanceUID, dataset_sha256(path))]
     assert spool.reindex_orphans() == 0
+
+
+def test_a_series_scanned_across_midnight_starts_before_it(spool, tmp_path):
+    """Its slices arrive in any order; the start is 23:59:40, not 00:00:04 (text comparison gave that)."""
+    study = uid("spool", "midnight")
+    for n, (i, t) in enumerate([(1, "000004"), (0, "235940"), (2, "000002")]):
+        ds = ct_instance(study, uid(study, "s"), i, SeriesSpec("AP", 3), rows=16, cols=16)
+        ds.AcquisitionTime = t
+        path = tmp_path / f"m{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        temp = spool.incoming / path.name
+        shutil.copy(path, temp)
+        spool.store(temp, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID,
+                    assoc_id="a", calling_aet="SCU")
+    assert spool.index.scalar("SELECT acquisition_time FROM series") == "235940"
