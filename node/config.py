@@ -110,6 +110,7 @@ class WorkerSettings:
     poll_interval: float = 1.0
     max_attempts: int = 3
     shutdown_timeout: float = 30.0
+    job_timeout: float = 1800.0  # a study still running after this is failed and the worker restarted
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ def _check_ranges(s: Settings) -> None:
         ("worker.poll_interval", s.worker.poll_interval),
         ("worker.max_attempts", s.worker.max_attempts),
         ("worker.shutdown_timeout", s.worker.shutdown_timeout),
+        ("worker.job_timeout", s.worker.job_timeout),
         ("retention.completed_days", s.retention.completed_days),
         ("retention.failed_days", s.retention.failed_days),
         ("retention.interval", s.retention.interval),

@@ -76,6 +76,7 @@ class Worker:
         self.spool = Spool(settings.data_dir, self.index, settings.node.min_free_mb << 20)
         self.queue = JobQueue(self.index, settings.worker.max_attempts)
         self.stop = threading.Event()
+        self.hung = False  # a job outlived worker.job_timeout: exit non-zero so the supervisor restarts us
         self.pid = os.getpid()
         self.runner = None  # pipeline.analyzer.Analyzer once loaded
         self.unavailable_reason: str | None = None
@@ -150,7 +151,7 @@ class Worker:
         with self.index.transaction() as c:
             c.execute("DELETE FROM workers WHERE pid=?", (self.pid,))
         self.index.close()
-        return 0
+        return 3 if self.hung else 0
 
     def _run_job(self, job: Job) -> None:
         log.info("%s", kv(event="job_started", job=job.id, study_uid=job.study_uid, revision=job.revision,
@@ -181,10 +182,20 @@ class Worker:
 
         thread = threading.Thread(target=target, name=f"job-{job.id}", daemon=True)
         thread.start()
+        deadline = time.monotonic() + self.settings.worker.job_timeout
         while thread.is_alive():
             thread.join(1.0)
             self.notifier.watchdog()
             self.heartbeat(f"running job {job.id}")
+            if time.monotonic() > deadline and thread.is_alive():
+                # A thread cannot be stopped: fail the study, then leave the loop so the process exits and
+                # its supervisor (serve, or systemd) starts a fresh worker for the jobs behind it.
+                reason = f"analysis exceeded worker.job_timeout ({self.settings.worker.job_timeout:g} s)"
+                self.queue.finish(job, False, reason, time.time(), worker_pid=self.pid)
+                log.error("%s", kv(event="job_failed", job=job.id, reason=reason, action="worker_restart"))
+                self.hung = True
+                self.stop.set()
+                return
             if self.stop.is_set():
                 thread.join(self.settings.worker.shutdown_timeout)
                 if thread.is_alive():

@@ -69,3 +69,37 @@ def test_a_restart_does_not_replay_earlier_stage_timings(index):
     queue.finish(queue.claim(1, 200.0), True, None, 201.0, {"detect": 1.0, "classify": 0.5})
     assert observed(metrics) == 2.0
     assert json.loads(index.scalar("SELECT timings FROM jobs ORDER BY id DESC LIMIT 1"))["classify"] == 0.5
+
+
+def test_a_hung_analysis_fails_its_study_and_restarts_the_worker(tmp_path, monkeypatch):
+    """A thread cannot be killed: past worker.job_timeout the study is failed and the worker exits non-zero,
+    so its supervisor starts a fresh one and the queue behind the hung study moves on."""
+    import threading
+
+    import node.worker as worker_module
+    from node.config import settings_from_mapping
+
+    release = threading.Event()
+
+    class HungRunner:
+        models = []
+
+        def run_study(self, study_uid, series):
+            release.wait(30)  # a stuck read or GPU call
+            raise RuntimeError("released by the test")
+
+    monkeypatch.setattr(worker_module, "load_pipeline", lambda settings: HungRunner())
+    settings = settings_from_mapping({"node": {"data_dir": str(tmp_path)},
+                                      "worker": {"job_timeout": 1.5, "poll_interval": 0.1}})
+    index = Index(tmp_path / "index.sqlite")
+    with index.transaction() as c:
+        c.execute("INSERT INTO studies (study_uid, state, first_received, last_received) VALUES ('1.2', 'receiving', 0, 0)")
+    JobQueue(index).enqueue_ready_study("1.2", "complete", 0.0)
+    try:
+        assert worker_module.Worker(settings).run() == 3
+        state, reason = index.query("SELECT state, reason FROM jobs")[0]
+        assert state == "failed" and "worker.job_timeout (1.5 s)" in reason
+        assert index.scalar("SELECT state FROM studies") == "failed"
+    finally:
+        release.set()
+        index.close()
