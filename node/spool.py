@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
+from pipeline import header_values
 from pipeline.phases import tm_before
 
 from .index import Index, now
@@ -106,7 +107,10 @@ class SeriesFields:
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
+    return _joined(ds.get(keyword))
+
+
+def _joined(value) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, pydicom.multival.MultiValue):
@@ -141,13 +145,13 @@ def series_fields(ds: Dataset) -> SeriesFields:
         description=_text(ds, "SeriesDescription"),
         series_number=_int(ds, "SeriesNumber"),
         image_type=_text(ds, "ImageType"),
-        contrast_agent=_text(ds, "ContrastBolusAgent"),
+        contrast_agent=header_values.contrast_agent(ds),
         contrast_route=_text(ds, "ContrastBolusRoute"),
-        contrast_start_time=_text(ds, "ContrastBolusStartTime"),
-        acquisition_time=_text(ds, "AcquisitionTime"),
+        contrast_start_time=header_values.bolus_start_time(ds),
+        acquisition_time=header_values.acquisition_time(ds),
         series_time=_text(ds, "SeriesTime"),
         protocol_name=_text(ds, "ProtocolName"),
-        orientation=_text(ds, "ImageOrientationPatient"),
+        orientation=_joined(header_values.orientation(ds)),
     )
 
 

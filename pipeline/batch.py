@@ -16,6 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from . import header_values
 from .analyzer import Analyzer, SeriesInput
 from .outputs import write_result_objects
 from .phases import IGNORED, PhaseRules, SeriesHeader, label_series, tm_before
@@ -40,8 +41,8 @@ def _text(ds, keyword: str) -> str | None:
 def header_of(series_uid: str, scan: _SeriesScan) -> SeriesHeader:
     ds = scan.first
     try:
-        orientation = tuple(float(v) for v in ds.ImageOrientationPatient)
-    except (AttributeError, TypeError, ValueError):
+        orientation = tuple(float(v) for v in header_values.orientation(ds))
+    except (TypeError, ValueError):
         orientation = None
     return SeriesHeader(
         series_instance_uid=series_uid,
@@ -49,9 +50,9 @@ def header_of(series_uid: str, scan: _SeriesScan) -> SeriesHeader:
         series_description=_text(ds, "SeriesDescription"),
         series_number=_int_or_none(ds.get("SeriesNumber")),
         image_type=tuple(str(v) for v in ds.get("ImageType", [])),
-        contrast_agent=_text(ds, "ContrastBolusAgent"),
+        contrast_agent=header_values.contrast_agent(ds),
         contrast_route=_text(ds, "ContrastBolusRoute"),
-        contrast_start_time=_text(ds, "ContrastBolusStartTime"),
+        contrast_start_time=header_values.bolus_start_time(ds),
         acquisition_time=scan.earliest_time,
         series_time=_text(ds, "SeriesTime"),
         protocol_name=_text(ds, "ProtocolName"),
@@ -83,7 +84,7 @@ def scan_studies(root: Path) -> dict[str, dict[str, _SeriesScan]]:
             continue
         scan.sops.add(sop)
         scan.paths.append(path)
-        t = _text(ds, "AcquisitionTime")
+        t = header_values.acquisition_time(ds)
         if t and (scan.earliest_time is None or tm_before(t, scan.earliest_time)):
             scan.earliest_time = t
     return studies

@@ -484,3 +484,26 @@ def test_the_start_of_a_series_scanned_across_midnight():
     assert tm_before("235940", "000004") and not tm_before("000004", "235940")
     assert tm_before("101500", "101530.5") and not tm_before("101530", "101530")
     assert tm_before("101500", None) and not tm_before(None, "101500") and not tm_before("garbage", "101500")
+
+
+def test_enhanced_ct_is_labelled_as_its_classic_twin(tmp_path):
+    """Enhanced CT keeps the agent, bolus start and acquisition times in sequences and functional groups;
+    read from there, each series gets the same phase, by the same step, as the same case written classic."""
+    from pipeline.batch import scan_studies, study_inputs
+    from pipeline.phantom import CaseOptions, LesionClass, WriteOptions, make_study
+
+    opts = CaseOptions(n_slices=3, lesion_classes=(LesionClass.HCC,), max_lesions=1)
+    sources = set()
+    for index in range(12):  # cases whose descriptions leave some series to the timing rules
+        labels = {}
+        for name, write in (("classic", WriteOptions()), ("enhanced", WriteOptions(enhanced=True))):
+            out = tmp_path / f"{index}-{name}"
+            make_study(out, 5, index, opts, write)
+            (series,) = scan_studies(out).values()
+            labels[name] = sorted((s.phase, s.phase_reason) for s in study_inputs(series, PhaseRules()))
+        assert labels["enhanced"] == labels["classic"], index
+        sources |= {reason.split(" ")[0] for _, reason in labels["classic"]}
+        if any(reason.startswith("no phase keyword in description; acquired") for _, reason in labels["classic"]):
+            break  # a series labelled by its timing alone
+    else:
+        raise AssertionError(f"no case labelled by bolus timing among 12: {sources}")

@@ -86,3 +86,36 @@ def test_a_series_scanned_across_midnight_starts_before_it(spool, tmp_path):
         spool.store(temp, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID,
                     assoc_id="a", calling_aet="SCU")
     assert spool.index.scalar("SELECT acquisition_time FROM series") == "235940"
+
+
+def test_enhanced_ct_series_fields_come_from_its_sequences(tmp_path):
+    """What the node indexes for phase labelling, from an Enhanced CT instance and from its classic twin."""
+    import pydicom
+
+    from node.spool import series_fields
+    from pipeline.phantom import CaseOptions, LesionClass, WriteOptions, make_study
+    from pipeline.phases import tm_before
+
+    opts = CaseOptions(n_slices=3, lesion_classes=(LesionClass.HCC,), max_lesions=1)
+    fields = {}
+    for name, write in (("classic", WriteOptions()), ("enhanced", WriteOptions(enhanced=True))):
+        make_study(tmp_path / name, 5, 0, opts, write)
+        by_series = {}
+        for f in sorted((tmp_path / name).rglob("*.dcm")):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            if "ImagePositionPatient" not in ds and "PerFrameFunctionalGroupsSequence" not in ds or "SeriesInstanceUID" not in ds:
+                continue
+            by_series.setdefault((ds.get("SeriesNumber"), ds.get("SeriesDescription", "")), []).append(
+                series_fields(ds))
+        fields[name] = by_series
+    assert fields["enhanced"].keys() == fields["classic"].keys()
+    for description, (enhanced,) in fields["enhanced"].items():
+        classic = fields["classic"][description]
+        earliest = classic[0].acquisition_time
+        for f in classic[1:]:
+            earliest = f.acquisition_time if tm_before(f.acquisition_time, earliest) else earliest
+        assert float(enhanced.acquisition_time) == float(earliest), description
+        assert enhanced.contrast_start_time == classic[0].contrast_start_time
+        assert (enhanced.contrast_agent is None) == (classic[0].contrast_agent is None)
+        assert enhanced.orientation is not None and [float(v) for v in enhanced.orientation.split("\\")] == \
+            [float(v) for v in classic[0].orientation.split("\\")]

@@ -1,0 +1,73 @@
+"""Header values the phase rules read, from classic CT and from Enhanced CT alike.
+
+Enhanced CT (one multi-frame instance per series) keeps several of them elsewhere: the agent in the
+Contrast/Bolus Agent Sequence (coded), the bolus start in that item's Contrast Administration Profile
+Sequence, the acquisition time in Acquisition DateTime and each frame's Frame Acquisition DateTime,
+the orientation in the Plane Orientation functional group. Read at the top level only, they are
+absent, and such a series could be labelled from its description alone.
+"""
+from __future__ import annotations
+
+import re
+
+from .phases import tm_before
+
+_DT_TIME = re.compile(r"\d{8}(\d{2,6}(?:\.\d{1,6})?)")  # YYYYMMDD then the TM part (offset dropped)
+
+
+def _text(value) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _first(ds, keyword: str):
+    seq = ds.get(keyword)
+    return seq[0] if seq else None
+
+
+def _dt_time(value) -> str | None:
+    m = _DT_TIME.match(str(value or ""))
+    return m.group(1) if m else None
+
+
+def contrast_agent(ds) -> str | None:
+    if (text := _text(ds.get("ContrastBolusAgent"))) is not None:
+        return text
+    item = _first(ds, "ContrastBolusAgentSequence")
+    if item is None:
+        return None
+    return _text(item.get("CodeMeaning")) or _text(item.get("CodeValue")) or "contrast agent (coded)"
+
+
+def bolus_start_time(ds) -> str | None:
+    if (text := _text(ds.get("ContrastBolusStartTime"))) is not None:
+        return text
+    agent = _first(ds, "ContrastBolusAgentSequence")
+    profile = _first(agent, "ContrastAdministrationProfileSequence") if agent is not None else None
+    return _text(profile.get("ContrastBolusStartTime")) if profile is not None else None
+
+
+def acquisition_time(ds) -> str | None:
+    """Acquisition Time; for Enhanced CT the time of Acquisition DateTime, else of its earliest frame."""
+    if (text := _text(ds.get("AcquisitionTime"))) is not None:
+        return text
+    if (text := _dt_time(ds.get("AcquisitionDateTime"))) is not None:
+        return text
+    earliest = None
+    for frame in ds.get("PerFrameFunctionalGroupsSequence") or []:
+        content = _first(frame, "FrameContentSequence")
+        t = _dt_time(content.get("FrameAcquisitionDateTime")) if content is not None else None
+        if t is not None and (earliest is None or tm_before(t, earliest)):
+            earliest = t
+    return earliest
+
+
+def orientation(ds):
+    """Image Orientation (Patient) as stored: top level, else the shared or first frame's plane group."""
+    if ds.get("ImageOrientationPatient") is not None:
+        return ds.ImageOrientationPatient
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        group = _first(ds, groups)
+        plane = _first(group, "PlaneOrientationSequence") if group is not None else None
+        if plane is not None and plane.get("ImageOrientationPatient") is not None:
+            return plane.ImageOrientationPatient
+    return None
