@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, why in report.failed:
         print(f"failed {path}: {why}", file=sys.stderr)
     print(f"sent={report.sent} failed={len(report.failed)} skipped={len(report.skipped)}")
-    return 0 if not report.failed else 1
+    return 0 if report.sent and not report.failed else 1  # nothing sent (a mistyped path) is a failure
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -139,6 +141,7 @@ class TLSSettings:
     ca_file: str = ""  # PEM CA bundle trusted for peers (clients and result destinations)
     require_client_certificate: bool = True
     outgoing: bool = False  # use TLS, with the same certificate and CA, for result deliveries
+    verify_hostname: bool = True  # outgoing: the PACS certificate must name the destination's host (DNS or IP)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ class Settings:
         from .tls import TLSFiles
 
         t = self.tls
-        return TLSFiles(t.certificate, t.private_key, t.ca_file, t.require_client_certificate)
+        return TLSFiles(t.certificate, t.private_key, t.ca_file, t.require_client_certificate, t.verify_hostname)
 
     @property
     def weights_dir(self) -> Path:
@@ -254,14 +257,32 @@ def _check_ranges(s: Settings) -> None:
             raise ConfigError(key, f"port {v} out of range 0-65535")
 
     def positive(key: str, v: float) -> None:
-        if v <= 0:
-            raise ConfigError(key, f"must be > 0, got {v}")
+        if not math.isfinite(v) or v <= 0:  # TOML and float() both accept nan and inf
+            raise ConfigError(key, f"must be a finite number > 0, got {v}")
+
+    def ae_title(key: str, value: str) -> None:
+        # Peers' titles are compared stripped: one stored with spaces would never match.
+        if validate_ae_title(key, value) != value:
+            raise ConfigError(key, f"no leading or trailing spaces, got {value!r}")
+
+    def bind(key: str, host: str) -> None:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                socket.getaddrinfo(host, None)
+            except (socket.gaierror, UnicodeError):
+                raise ConfigError(key, f"not an IP address or resolvable host name: {host!r}") from None
 
     port("node.port", s.node.port)
     port("metrics.port", s.metrics.port)
-    validate_ae_title("node.ae_title", s.node.ae_title)
+    bind("node.bind", s.node.bind)
+    bind("metrics.bind", s.metrics.bind)
+    ae_title("node.ae_title", s.node.ae_title)
     for i, ae in enumerate(s.access.allowed_calling_aets):
-        validate_ae_title(f"access.allowed_calling_aets[{i}]", ae)
+        ae_title(f"access.allowed_calling_aets[{i}]", ae)
+    for ae in s.results.return_to:
+        ae_title(f"results.return_to.{ae}", ae)
     for i, host in enumerate(s.access.allowed_hosts):
         try:
             ipaddress.ip_network(host, strict=False)
@@ -291,8 +312,8 @@ def _check_ranges(s: Settings) -> None:
     if not s.node.data_dir:
         raise ConfigError("node.data_dir", "must not be empty")
     for i, phase in enumerate(s.studies.required_phases):
-        if phase not in Phase.__members__:
-            raise ConfigError(f"studies.required_phases[{i}]", f"unknown phase {phase!r}")
+        if phase not in Phase.__members__ or phase == "OTHER":
+            raise ConfigError(f"studies.required_phases[{i}]", f"unknown or unrequirable phase {phase!r}")
     for i, uid in enumerate(s.node.extra_sop_classes):
         if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
             raise ConfigError(f"node.extra_sop_classes[{i}]", f"not a UID: {uid!r}")

@@ -125,7 +125,9 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
             return False, "free space below watermark"
         return True, "ok"
 
-    probes = [spool_probe] + ([worker_probe(index)] if settings.worker.enabled else [])
+    # The worker's heartbeat is in the shared index, so the receiver reports it also when systemd runs
+    # the worker as its own unit (serve --no-worker): ready means studies will be analysed.
+    probes = [spool_probe, worker_probe(index)]
     http = MetricsServer(metrics, settings.metrics.bind, settings.metrics.port, probes)
 
     stop = threading.Event()

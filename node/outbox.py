@@ -148,7 +148,7 @@ class OutboxSender:
             contexts.setdefault(row["sop_class_uid"], build_context(
                 row["sop_class_uid"], [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
         assoc = ae.associate(dest.host, dest.port, contexts=list(contexts.values())[:128], ae_title=dest.ae_title,
-                             tls_args=(self.tls, None) if self.tls else None)
+                             tls_args=(self.tls, dest.host) if self.tls else None)
         if not assoc.is_established:
             permanent = assoc.is_rejected and getattr(assoc.acceptor.primitive, "result", None) == 0x01
             reason = "association rejected (permanent)" if permanent else (

@@ -24,10 +24,12 @@ class TLSFiles:
     private_key: str
     ca_file: str
     require_client_certificate: bool = True
+    verify_hostname: bool = True  # outgoing: the destination's certificate must name the host we connect to
 
 
 def _base(purpose: ssl.Purpose, files: TLSFiles) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(purpose)
+    # Only ca_file is trusted: create_default_context would add the system store, every public CA.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT if purpose is ssl.Purpose.SERVER_AUTH else ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # BCP 195: forward-secret AEAD suites only on TLS 1.2 (TLS 1.3 suites are all acceptable).
     ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
@@ -47,8 +49,10 @@ def server_context(files: TLSFiles) -> ssl.SSLContext:
 
 def client_context(files: TLSFiles) -> ssl.SSLContext:
     ctx = _base(ssl.Purpose.SERVER_AUTH, files)
-    ctx.check_hostname = False  # PACS certificates rarely name the address used; the CA pins trust
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # The name check is what stops another certificate of the same CA from receiving results; a
+    # site whose PACS certificates do not name their address can turn it off (tls.verify_hostname).
+    ctx.check_hostname = files.verify_hostname
     return ctx
 
 

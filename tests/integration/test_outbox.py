@@ -225,3 +225,10 @@ def test_the_send_command_accounts_for_every_file_when_the_association_drops(tmp
         server.shutdown()
     assert report.sent + len(report.failed) + len(report.skipped) == len(files)
     assert report.sent == 1 and any(reason == "not sent: association lost" for _, reason in report.failed)
+
+
+def test_the_send_command_fails_when_nothing_was_sent(tmp_path, capsys):
+    from node.cli import main
+
+    assert main(["send", str(tmp_path / "mistyped"), "--to", "PACS@127.0.0.1:9"]) == 1
+    assert "sent=0" in capsys.readouterr().out

@@ -26,11 +26,15 @@ def _ca(cwd, name: str) -> None:
              "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=cwd)
 
 
-def _leaf(cwd, name: str, ca: str) -> None:
+def _leaf(cwd, name: str, ca: str, san: str | None = None) -> None:
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}",
              "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=cwd)
+    ext = []
+    if san:
+        (cwd / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        ext = ["-extfile", f"{name}.ext"]
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-days", "2", "-out", f"{name}.pem", cwd=cwd)
+             "-days", "2", "-out", f"{name}.pem", *ext, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +45,7 @@ def pki(tmp_path_factory):
     _leaf(d, "node", "ca")
     _leaf(d, "modality", "ca")
     _leaf(d, "intruder", "rogue-ca")
+    _leaf(d, "pacs", "ca", san="IP:127.0.0.1")  # a PACS certificate naming the address results go to
     return d
 
 
@@ -102,29 +107,67 @@ def test_silent_clients_do_not_block_tls_associations(node_factory, pki):
         s.close()
 
 
-def test_outbox_delivers_over_tls(pki, tmp_path):
+def _tls_pacs(pki, cert: str, folder):
     from tests.support.orthanc import free_port
 
     port = free_port()
-    pacs_dir = tmp_path / "pacs"
-    pacs_dir.mkdir()
-    pacs = subprocess.Popen(["storescp", "+tls", f"{pki}/modality.key", f"{pki}/modality.pem", "+cf",
-                             f"{pki}/ca.pem", "-aet", "PACS", "-od", str(pacs_dir), str(port)],
+    folder.mkdir()
+    pacs = subprocess.Popen(["storescp", "+tls", f"{pki}/{cert}.key", f"{pki}/{cert}.pem", "+cf",
+                             f"{pki}/ca.pem", "-aet", "PACS", "-od", str(folder), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # listening
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return pacs, port
+
+
+def _deliver(index, files, port, tls) -> list[str]:
+    sender = OutboxSender(index, "LIVERNODE", tls=tls)
+    enqueue(index, "1.2.3", 1, files, [Destination("PACS", "127.0.0.1", port)], time.time())
+    for _ in range(3):
+        if sender.run_once() == len(files):
+            break
+        with index.transaction() as c:  # make the retry due now
+            c.execute("UPDATE outbox SET next_attempt_at=0 WHERE state='pending'")
+    return sorted(r[0] for r in index.query("SELECT state FROM outbox"))
+
+
+def test_outbox_delivers_over_tls_to_a_certificate_naming_the_destination(pki, tmp_path):
+    pacs, port = _tls_pacs(pki, "pacs", tmp_path / "pacs")
     index = Index(tmp_path / "index.sqlite")
     try:
         files = write_series(tmp_path / "r", uid("tls-out"), SeriesSpec("x", 2), rows=16, cols=16)
         tls = client_context(TLSFiles(f"{pki}/node.pem", f"{pki}/node.key", f"{pki}/ca.pem"))
-        sender = OutboxSender(index, "LIVERNODE", tls=tls)
-        enqueue(index, "1.2.3", 1, files, [Destination("PACS", "127.0.0.1", port)], time.time())
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sender.run_once() < 2:
-            with index.transaction() as c:  # storescp may not listen yet: make the retry due now
-                c.execute("UPDATE outbox SET next_attempt_at=0 WHERE state='pending'")
-            time.sleep(0.2)
-        assert sorted(r[0] for r in index.query("SELECT state FROM outbox")) == ["done", "done"]
-        assert len(list(pacs_dir.iterdir())) == 2
+        assert _deliver(index, files, port, tls) == ["done", "done"]
+        assert len(list((tmp_path / "pacs").iterdir())) == 2
     finally:
         pacs.terminate()
         pacs.wait(10)
         index.close()
+
+
+def test_outbox_withholds_results_from_a_certificate_for_another_name(pki, tmp_path):
+    """Same CA, but the certificate names someone else: no PHI goes there unless the site turns the name
+    check off (tls.verify_hostname = false) for PACS certificates that do not name their address."""
+    pacs, port = _tls_pacs(pki, "modality", tmp_path / "pacs")
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        files = write_series(tmp_path / "r", uid("tls-name"), SeriesSpec("x", 2), rows=16, cols=16)
+        tls = client_context(TLSFiles(f"{pki}/node.pem", f"{pki}/node.key", f"{pki}/ca.pem"))
+        assert _deliver(index, files, port, tls) == ["pending", "pending"]
+        assert not any((tmp_path / "pacs").iterdir())
+        relaxed = client_context(TLSFiles(f"{pki}/node.pem", f"{pki}/node.key", f"{pki}/ca.pem", verify_hostname=False))
+        assert _deliver(index, files, port, relaxed) == ["done", "done"]
+    finally:
+        pacs.terminate()
+        pacs.wait(10)
+        index.close()
+
+
+def test_outgoing_tls_trusts_the_configured_ca_only(pki):
+    ctx = client_context(TLSFiles(f"{pki}/node.pem", f"{pki}/node.key", f"{pki}/ca.pem"))
+    assert ctx.cert_store_stats()["x509_ca"] == 1 and ctx.check_hostname  # not the system's public CAs
