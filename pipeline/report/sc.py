@@ -23,6 +23,7 @@ from ..classify.preprocess import crop_side
 from ..hierarchy import Decision
 from ..lesions import Box2D
 from ..result import LesionResult, StudyResult
+from .source_header import patient_orientation, reference_header
 
 MARK = "AI result - not for diagnostic use"
 MIN_SIDE = 512  # upscale small slices so the text stays legible
@@ -123,6 +124,7 @@ def _mark(draw: ImageDraw.ImageDraw, img: Image.Image) -> None:
 
 def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, sop_uid: str,
         instance_number: int, manufacturer: str, description: str, frame: int | None = None) -> hd.sc.SCImage:
+    ref = reference_header(ref)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=pixels,
@@ -134,9 +136,10 @@ def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, s
         sop_instance_uid=sop_uid,
         instance_number=instance_number,
         manufacturer=manufacturer,
-        patient_orientation=("L", "P"),
+        patient_orientation=patient_orientation(ref),  # the source's pixel grid, drawn unturned
         series_description=SERIES_DESCRIPTION_SC,
     )
+    sc.copy_patient_and_study_information(ref)  # all of both modules (issuer of patient ID...), as the SR
     if "Laterality" not in sc:
         sc.Laterality = ""  # type 2C in General Series; liver is unpaired, so present and empty
     sc.BurnedInAnnotation = "YES"  # deliberately: results are drawn, no patient identifiers
@@ -197,10 +200,15 @@ def render_case_summary(slice_u8: np.ndarray, result: StudyResult) -> np.ndarray
         c = result.case
         lines += [f"Case: {c.cls} ({'malignant' if c.malignant else 'benign'})", f"p(malignant) = {c.p_malignant:.2f}"]
     lines += [f"Phases: {result.phase_mode}", f"Lesions: {len(result.lesions)}"]
-    for r in result.lesions:
+    # What fits above the mark; the rest is named, the SR lists every lesion.
+    room = (out.height - 12 - (max(14, out.width // 32) + 10) - 8) // (size + 8) - len(lines)
+    shown = result.lesions if len(result.lesions) <= room else result.lesions[:max(room - 1, 0)]
+    for r in shown:
         v = r.lesion.primary
         lines.append(f" {r.lesion.index}: {r.decision.cls} p={r.decision.probabilities.get(r.decision.cls, 0):.2f}"
                      f"  {v.long_axis_mm:.0f} mm")
+    if len(shown) < len(result.lesions):
+        lines.append(f" ... and {len(result.lesions) - len(shown)} more (see the SR)")
     y = 12
     for line in lines:
         draw.text((img.width + 12, y), line, font=f, fill=(255, 255, 255))

@@ -41,6 +41,7 @@ from pydicom.sr.codedict import codes
 from ..hierarchy import ALL_CLASSES, Decision
 from ..result import LesionResult, ModelInfo, StudyResult
 from .codes import PRIVATE_SCHEME, CodeTable, load_codes
+from .source_header import reference_header
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ def build_sr(
     evidence = _evidence(result, source_datasets)
     if any(ds.StudyInstanceUID != study_uid for ds in evidence):
         raise ReportBuildError("a source dataset belongs to another study")
+    evidence = [reference_header(evidence[0]), *evidence[1:]]  # patient and study modules come from the first
     dev_uid = device_uid(result.models)
     observer = ObserverContext(
         observer_type=codes.DCM.Device,

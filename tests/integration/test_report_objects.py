@@ -189,3 +189,51 @@ def test_sr_carries_the_verifier_probability_when_there_is_one(study, tmp_path):
         assert values.get("P-LESION") == (None if expected is None else pytest.approx(expected))
         if shutil.which("dciodvfy"):
             _dciodvfy(path)
+
+
+def test_sources_real_modalities_send_give_valid_objects(study, tmp_path):
+    """What anonymisers and real modalities send: Type 2 attributes absent, a Japanese character set with
+    code extensions, an issuer of patient ID, a prone patient. The SR and SCs build, carry the same patient
+    and study modules, and the SC orients its pixels as the source's grid."""
+    import copy
+
+    result, headers, slices = study
+    changed = {}
+    for sop, ds in headers.items():
+        ds = copy.deepcopy(ds)
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = "Yamada^Tarou=山田^太郎"
+        ds.IssuerOfPatientID = "HOSPITAL-A"
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]  # prone
+        changed[sop] = ds
+    objects = build_result_objects(result, changed, slices, None)
+    sr, *scs = objects
+    assert sr.PatientBirthDate in ("", None) and sr.IssuerOfPatientID == "HOSPITAL-A"
+    for sc in scs:
+        assert sc.IssuerOfPatientID == "HOSPITAL-A" and list(sc.PatientOrientation) == ["R", "A"]
+        assert list(sc.SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+    for i, obj in enumerate(objects):
+        path = _write(obj, tmp_path / f"o{i}.dcm")
+        assert str(pydicom.dcmread(path).PatientName) == "Yamada^Tarou=山田^太郎"
+        if shutil.which("dciodvfy"):
+            _dciodvfy(path)
+
+
+def test_the_case_summary_names_what_does_not_fit(study):
+    """Twenty lesions: the text stops above the "not for diagnostic use" mark and points to the SR."""
+    import dataclasses
+
+    from pipeline.report.sc import render_case_summary
+
+    result, _, slices = study
+    (lesion,) = result.lesions
+    many = dataclasses.replace(result, lesions=[dataclasses.replace(lesion, lesion=dataclasses.replace(
+        lesion.lesion, index=i + 1)) for i in range(20)])
+    key = lesion.lesion.primary.key_image
+    image = render_case_summary(slices[key], many)
+    mark_top = image.shape[0] - max(14, image.shape[1] // 32) - 10  # the mark is drawn there, bottom left
+    rows_with_text = np.flatnonzero(image[:, -200:].max(axis=(1, 2)) > 0)  # the text panel's right part
+    assert rows_with_text.size and rows_with_text.max() < mark_top

@@ -1,0 +1,47 @@
+"""The received study's header as the result objects copy it: tolerant of what real sources omit.
+
+Anonymisers and some modalities drop Type 2 patient and study attributes (birth date, sex, accession
+number, study ID); highdicom reads them unconditionally, so they are added empty, as Type 2 allows.
+A source with code extensions (e.g. Japanese, "\\ISO 2022 IR 87") stores an empty first Specific
+Character Set value, meaning the default repertoire; highdicom refuses the empty value, so it is
+named ("ISO 2022 IR 6").
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from pydicom import Dataset
+
+from .. import header_values
+
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+         "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def reference_header(ds: Dataset) -> Dataset:
+    ref = copy.copy(ds)  # shallow: only top-level elements are added or replaced
+    for keyword in TYPE2:
+        if keyword not in ref:
+            setattr(ref, keyword, None)
+    charset = ref.get("SpecificCharacterSet")
+    if charset is not None and not isinstance(charset, str) and len(charset) > 1 and not charset[0]:
+        ref.SpecificCharacterSet = ["ISO 2022 IR 6", *list(charset)[1:]]
+    return ref
+
+
+def patient_orientation(ds: Dataset) -> tuple[str, str]:
+    """Patient Orientation of an image drawn on the source's pixel grid: the patient direction of its rows
+    and of its columns (DICOM's L/R, P/A, H/F), from its orientation; ("L", "P") for a supine axial one."""
+    try:
+        iop = [float(v) for v in header_values.orientation(ds)]
+    except (TypeError, ValueError):
+        return "L", "P"
+    if len(iop) != 6:
+        return "L", "P"
+
+    def letter(v: list[float]) -> str:
+        i = int(np.argmax(np.abs(v)))
+        return ("LR", "PA", "HF")[i][0 if v[i] > 0 else 1]
+
+    return letter(iop[:3]), letter(iop[3:])
