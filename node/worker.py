@@ -172,6 +172,9 @@ class Worker:
                 result = self.runner.run_study(job.study_uid, series)
                 outcome["timings"] = result.timings_s
                 folder = self.results_dir(job)
+                from pipeline.report.tracking import carry_tracking
+
+                carry_tracking(result, folder.parent / f"rev-{job.revision - 1}" / "result.json", job.revision)
                 result.write(folder)
                 self._deliver(job, result, series, folder)
                 if result.status != "ok":

@@ -33,6 +33,7 @@ class LesionResult:
     lesion: Lesion
     decision: Decision
     p_lesion: float | None = None  # the lesion verifier's probability that the candidate is a lesion (None: no verifier)
+    tracking_uid: str | None = None  # the SR's tracking UID, kept across revisions (pipeline.report.tracking)
 
 
 @dataclass
@@ -92,6 +93,7 @@ def _lesion(r: LesionResult) -> dict:
     p = les.primary
     return {
         "index": les.index,
+        "tracking_uid": r.tracking_uid,
         "class": d.cls,
         "malignant": d.malignant,
         "p_malignant": _num(d.p_malignant),

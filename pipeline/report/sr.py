@@ -124,7 +124,7 @@ def _lesion_group(study_uid: str, r: LesionResult, source: Mapping[str, Dataset]
     if r.p_lesion is not None:
         measurements.append(_probability(table.lesion_probability, r.p_lesion, table, alg))
     return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=tracking_uid(study_uid, les.index),
+        tracking_identifier=TrackingIdentifier(uid=r.tracking_uid or tracking_uid(study_uid, les.index),
                                                identifier=f"Lesion {les.index}"),
         referenced_region=region,
         finding_type=table.finding(d.cls),
