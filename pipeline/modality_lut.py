@@ -7,6 +7,8 @@ of its per-frame or shared functional groups; read only at the top level, a typi
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 IDENTITY = (1.0, 0.0)
@@ -15,8 +17,10 @@ IDENTITY = (1.0, 0.0)
 def _params(item, default: tuple[float, float]) -> tuple[float, float]:
     slope, intercept = item.get("RescaleSlope"), item.get("RescaleIntercept")
     slope = float(slope) if slope not in (None, "") else 0.0
-    return (slope or default[0],  # a slope of 0 would erase the image: taken as absent
-            float(intercept) if intercept not in (None, "") else default[1])
+    intercept = float(intercept) if intercept not in (None, "") else default[1]
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise ValueError(f"rescale slope/intercept not finite ({slope}, {intercept})")
+    return slope or default[0], intercept  # a slope of 0 would erase the image: taken as absent
 
 
 def _frame_params(ds, index: int, top: tuple[float, float]) -> tuple[float, float]:

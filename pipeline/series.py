@@ -102,7 +102,10 @@ def _hu(ds: Dataset) -> np.ndarray:
     except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
         raise SeriesError(f"pixel data cannot be decoded ({type(exc).__name__}; transfer syntax "
                           f"{ds.file_meta.get('TransferSyntaxUID', '?')})") from None
-    return to_hu(ds, pixels)
+    try:
+        return to_hu(ds, pixels)
+    except ValueError as exc:  # a non-finite rescale would turn every pixel into NaN
+        raise SeriesError(str(exc)) from None
 
 
 def _frames(ds: Dataset) -> list[_Slice]:

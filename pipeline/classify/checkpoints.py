@@ -15,13 +15,14 @@ weights and published weights go through one loader.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import pickle
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Any
 
@@ -66,6 +67,15 @@ class LoadedClassifier:
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
+def weights_file(weights_dir: str | os.PathLike[str], name: object, manifest: str) -> Path:
+    """A manifest's ``file``: a plain name inside the weights folder (symlinks there are fine), never a
+    path that leaves it; only what sits beside the manifests is ever loaded."""
+    rel = PurePath(str(name))
+    if not str(name) or rel.is_absolute() or ".." in rel.parts:
+        raise ModelLoadError(f"{manifest}: file {str(name)!r} must be a name inside the weights folder")
+    return Path(weights_dir) / rel
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -94,10 +104,11 @@ def _numpy_safe_globals() -> list[Any]:
     return allowed
 
 
-def _read_checkpoint(path: Path, verified: bool) -> Any:
+def _read_checkpoint(path: Path, data: bytes, verified: bool) -> Any:
+    """Unpickle the very bytes that were hashed, not the file again (it could change in between)."""
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refusals surface as UnpicklingError naming the unexpected global.
         if not verified:
@@ -110,7 +121,7 @@ def _read_checkpoint(path: Path, verified: bool) -> Any:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{path.name}: not a readable torch checkpoint: {_first_line(exc)}") from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             AttributeError, ImportError) as exc:
         raise ModelLoadError(f"{path.name}: full load failed: {_first_line(exc)}") from exc
@@ -225,9 +236,10 @@ def load_lilnet_checkpoint(
     if not ckpt_path.is_file():
         raise ModelLoadError(f"checkpoint not found: {ckpt_path}")
     try:
-        actual = sha256_of(ckpt_path)
+        data = ckpt_path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"{ckpt_path.name}: cannot read: {exc}") from exc
+    actual = hashlib.sha256(data).hexdigest()
     verified = False
     if expected_sha256 is not None:
         if actual != expected_sha256.strip().lower():
@@ -237,7 +249,7 @@ def load_lilnet_checkpoint(
             )
         verified = True
 
-    raw = _read_checkpoint(ckpt_path, verified)
+    raw = _read_checkpoint(ckpt_path, data, verified)
     if not isinstance(raw, Mapping) or "state_dict" not in raw:
         raise ModelLoadError(f"{ckpt_path.name}: expected a dict with a 'state_dict' key, got {type(raw).__name__}")
     state_dict = raw["state_dict"]

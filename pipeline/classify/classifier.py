@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.classify.checkpoints import LoadedClassifier, ModelLoadError, load_lilnet_checkpoint
+from pipeline.classify.checkpoints import LoadedClassifier, ModelLoadError, load_lilnet_checkpoint, weights_file
 from pipeline.classify.preprocess import GREY, PHASE_PAIR, classifier_input
 from pipeline.hierarchy import HierarchyLogits  # the one type the analyzer aggregates
 
@@ -78,7 +78,8 @@ class LesionClassifier:
             if classes != TASK_CLASSES[key]:
                 raise ModelLoadError(f"{manifest_path.name}: [{key}] classes {classes} != {TASK_CLASSES[key]}")
             depth = entry.get("depth") or str(entry.get("architecture", "lilnet-resnet50")).removeprefix("lilnet-")
-            models[key] = load_lilnet_checkpoint(weights_dir / entry["file"], entry["sha256"], depth=depth)
+            models[key] = load_lilnet_checkpoint(weights_file(weights_dir, entry["file"], manifest_path.name),
+                                                 str(entry["sha256"]), depth=depth)
             names[key] = str(entry.get("name", key))
             versions[key] = str(entry.get("version", "unknown"))
         if len(modes) != 1:  # the analyzer cuts one kind of input for all three models

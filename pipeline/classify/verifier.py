@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.classify.checkpoints import ModelLoadError, load_lilnet_checkpoint
+from pipeline.classify.checkpoints import ModelLoadError, load_lilnet_checkpoint, weights_file
 from pipeline.classify.classifier import ag_logits
 from pipeline.classify.preprocess import GREY, PHASE_PAIR
 
@@ -67,7 +67,8 @@ class LesionVerifier:
                                  f"({exc!r})") from exc
         if classes != CLASSES:
             raise ModelLoadError(f"{path.name}: classes {classes} != {CLASSES}")
-        loaded = load_lilnet_checkpoint(Path(weights_dir) / file, sha, depth=str(entry.get("depth", "resnet18")))
+        loaded = load_lilnet_checkpoint(weights_file(weights_dir, file, path.name), sha,
+                                        depth=str(entry.get("depth", "resnet18")))
         if loaded.n_classes != len(CLASSES):
             raise ModelLoadError(f"{file}: {loaded.n_classes} classes, expected {len(CLASSES)}")
         return cls(loaded.model, name=str(entry.get("name", "lesion-verifier")),

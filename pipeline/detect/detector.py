@@ -7,6 +7,7 @@ three input channels (``pipeline.detect.channels``) come from the manifest.
 from __future__ import annotations
 
 import logging
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.classify.checkpoints import ModelLoadError, sha256_of
+from pipeline.classify.checkpoints import ModelLoadError, sha256_of, weights_file
 from pipeline.detect.channels import GREY, PHASE_PAIR, check_mode, neighbour_offset, slice_rgb
 from pipeline.detect.offline import configure_ultralytics_offline
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "detector.manifest.toml"
+# ultralytics writes its settings and font here: YOLO_CONFIG_DIR when set (the systemd units point it
+# at the state directory, as the install tree is read-only to the service), else the checkout's .yolo
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / ".yolo"
+
+
+def config_dir_default() -> Path:
+    return Path(os.environ.get("YOLO_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
 
 
 class DetectorLoadError(ModelLoadError):
@@ -61,7 +68,7 @@ def read_manifest(weights_dir: Path) -> DetectorManifest:
         raw: dict[str, Any] = tomllib.loads(path.read_text())
         return DetectorManifest(
             name=str(raw["name"]), version=str(raw["version"]), sha256=str(raw["sha256"]).lower(),
-            weights=path.parent / str(raw["file"]), imgsz=int(raw["input"]["imgsz"]),
+            weights=weights_file(path.parent, raw["file"], MANIFEST_NAME), imgsz=int(raw["input"]["imgsz"]),
             conf=float(raw["thresholds"]["conf"]), iou=float(raw["thresholds"]["iou"]),
             max_det=int(raw["thresholds"]["max_det"]), classes=tuple(raw.get("classes", ("lesion",))),
             lesion_conf=float(raw["thresholds"].get("lesion_conf", raw["thresholds"]["conf"])),
@@ -84,14 +91,19 @@ class LesionDetector:
 
     @classmethod
     def from_manifest(cls, weights_dir: Path, device: str | None = None, batch_size: int = 16,
-                      config_dir: Path = DEFAULT_CONFIG_DIR) -> LesionDetector:
+                      config_dir: Path | None = None) -> LesionDetector:
         manifest = read_manifest(weights_dir)
         if not manifest.weights.is_file():
             raise DetectorLoadError(f"{manifest.weights}: weights file missing")
         actual = sha256_of(manifest.weights)
         if actual != manifest.sha256:
             raise DetectorLoadError(f"{manifest.weights.name}: sha256 {actual} does not match manifest {manifest.sha256}")
-        configure_ultralytics_offline(config_dir)
+        config_dir = config_dir or config_dir_default()
+        try:
+            configure_ultralytics_offline(config_dir)
+        except OSError as exc:
+            raise DetectorLoadError(f"{config_dir}: ultralytics config folder not usable ({exc.__class__.__name__}: "
+                                    f"{exc.strerror or exc}); set YOLO_CONFIG_DIR to a writable folder") from None
         import torch  # noqa: PLC0415
         from ultralytics import YOLO  # noqa: PLC0415
 

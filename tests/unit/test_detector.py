@@ -214,3 +214,21 @@ def test_trainer_manifest_records_how_training_crops_were_made(tmp_path: Path, u
     data = tomllib.loads((tmp_path / "m.toml").read_text())
     assert {k: v for k, v in data["input"].items() if k.startswith("train_")} == expected
     assert data["input"]["imgsz"] == 768 and data["sha256"] == hashlib.sha256(b"weights").hexdigest()
+
+
+def test_the_config_folder_follows_yolo_config_dir_and_an_unusable_one_is_a_load_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd the install tree is read-only: the units set YOLO_CONFIG_DIR to the state directory."""
+    import shutil
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("detector.pt", "detector.manifest.toml"):
+        shutil.copy(REPO / "weights" / name, weights / name)
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "state" / "yolo"))
+    LesionDetector.from_manifest(weights, device="cpu")
+    assert (tmp_path / "state" / "yolo" / "Ultralytics" / "Arial.ttf").is_file()
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "a-file" / "yolo"))
+    with pytest.raises(DetectorLoadError, match="ultralytics config folder not usable"):
+        LesionDetector.from_manifest(weights, device="cpu")

@@ -187,3 +187,12 @@ def test_hierarchy_averages_logits_then_softmaxes():
     assert set(d.probabilities) == set(ALL_CLASSES)
     benign = decide(HierarchyLogits(np.array([[3.0, 0.0]]), np.array([[0.0, 0.0, 4.0]]), np.array([[9.0, 0, 0]])))
     assert not benign.malignant and benign.cls == "CYST"  # the malignant model's opinion is not used
+
+
+def test_a_non_finite_rescale_is_a_series_error_not_nan_pixels(tmp_path):
+    paths = _series(tmp_path)
+    ds = pydicom.dcmread(paths[2])
+    ds.RescaleSlope = "NaN"
+    ds.save_as(paths[2], enforce_file_format=True)
+    with pytest.raises(SeriesError, match="not finite"):
+        load_series(paths)

@@ -172,3 +172,12 @@ def test_reporting_rule_with_a_second_bar_lets_the_verifier_veto_a_confident_can
     assert not is_reported(0.49, 0.92, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)  # below: the high bar
     assert is_reported(0.49, 0.93, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)
     assert is_reported(0.9, None, accept_conf=0.5, p_threshold=0.93, p_confident=0.3)
+
+
+@pytest.mark.parametrize("name", ["../outside.pth.tar", "/abs/verifier.pth.tar"])
+def test_a_manifest_file_outside_the_weights_folder_is_refused(tmp_path, name):
+    weights = _weights(tmp_path)
+    path = weights / MANIFEST_NAME
+    path.write_text(path.read_text().replace('file = "verifier.pth.tar"', f'file = "{name}"'))
+    with pytest.raises(ModelLoadError, match="must be a name inside the weights folder"):
+        LesionVerifier.from_manifest(weights, device="cpu")
