@@ -1,6 +1,7 @@
 """DICOM TLS on the listener and for result deliveries, with DCMTK's TLS-enabled echoscu/storescu."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -107,22 +108,30 @@ def test_silent_clients_do_not_block_tls_associations(node_factory, pki):
         s.close()
 
 
-def _tls_pacs(pki, cert: str, folder):
+@contextlib.contextmanager
+def _tls_pacs(pki, cert: str, tmp_path):
+    """A DCMTK storescp serving TLS with ``cert`` (of the test CA), and an outbox index: (port, index)."""
     from tests.support.orthanc import free_port
 
     port = free_port()
-    folder.mkdir()
+    (tmp_path / "pacs").mkdir()
     pacs = subprocess.Popen(["storescp", "+tls", f"{pki}/{cert}.key", f"{pki}/{cert}.pem", "+cf",
-                             f"{pki}/ca.pem", "-aet", "PACS", "-od", str(folder), str(port)],
+                             f"{pki}/ca.pem", "-aet", "PACS", "-od", str(tmp_path / "pacs"), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # listening
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return pacs, port
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # listening
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port, index
+    finally:
+        pacs.terminate()
+        pacs.wait(10)
+        index.close()
 
 
 def _deliver(index, files, port, tls) -> list[str]:
@@ -137,35 +146,23 @@ def _deliver(index, files, port, tls) -> list[str]:
 
 
 def test_outbox_delivers_over_tls_to_a_certificate_naming_the_destination(pki, tmp_path):
-    pacs, port = _tls_pacs(pki, "pacs", tmp_path / "pacs")
-    index = Index(tmp_path / "index.sqlite")
-    try:
+    with _tls_pacs(pki, "pacs", tmp_path) as (port, index):
         files = write_series(tmp_path / "r", uid("tls-out"), SeriesSpec("x", 2), rows=16, cols=16)
         tls = client_context(TLSFiles(f"{pki}/node.pem", f"{pki}/node.key", f"{pki}/ca.pem"))
         assert _deliver(index, files, port, tls) == ["done", "done"]
         assert len(list((tmp_path / "pacs").iterdir())) == 2
-    finally:
-        pacs.terminate()
-        pacs.wait(10)
-        index.close()
 
 
 def test_outbox_withholds_results_from_a_certificate_for_another_name(pki, tmp_path):
     """Same CA, but the certificate names someone else: no PHI goes there unless the site turns the name
     check off (tls.verify_hostname = false) for PACS certificates that do not name their address."""
-    pacs, port = _tls_pacs(pki, "modality", tmp_path / "pacs")
-    index = Index(tmp_path / "index.sqlite")
-    try:
+    with _tls_pacs(pki, "modality", tmp_path) as (port, index):
         files = write_series(tmp_path / "r", uid("tls-name"), SeriesSpec("x", 2), rows=16, cols=16)
         tls = client_context(TLSFiles(f"{pki}/node.pem", f"{pki}/node.key", f"{pki}/ca.pem"))
         assert _deliver(index, files, port, tls) == ["pending", "pending"]
         assert not any((tmp_path / "pacs").iterdir())
         relaxed = client_context(TLSFiles(f"{pki}/node.pem", f"{pki}/node.key", f"{pki}/ca.pem", verify_hostname=False))
         assert _deliver(index, files, port, relaxed) == ["done", "done"]
-    finally:
-        pacs.terminate()
-        pacs.wait(10)
-        index.close()
 
 
 def test_outgoing_tls_trusts_the_configured_ca_only(pki):
