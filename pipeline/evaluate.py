@@ -20,6 +20,7 @@ from .lesions import box_iou
 from .reporting_rule import is_reported
 
 IOUS = (0.1, 0.3, 0.5)
+NO_ANSWER = "none"  # a case the system gave no class (nothing found, or not analysed)
 
 
 @dataclass
@@ -124,39 +125,56 @@ def _prf(y_true: np.ndarray, y_pred: np.ndarray, classes) -> tuple[float, float,
     return float(np.mean(ps)), float(np.mean(rs)), float(np.mean(fs))
 
 
+def max_matching(edges: dict) -> dict:
+    """A maximum one-to-one matching of a bipartite graph {left: set of rights}: {left: right}
+    (augmenting paths; a greedy pass can miss pairs that exist)."""
+    owner: dict = {}
+
+    def augment(left, seen: set) -> bool:
+        for right in edges[left]:
+            if right not in seen:
+                seen.add(right)
+                if right not in owner or augment(owner[right], seen):
+                    owner[right] = left
+                    return True
+        return False
+
+    for left in edges:
+        augment(left, set())
+    return {left: right for right, left in owner.items()}
+
+
 def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) -> dict:
+    """Boxes are matched one-to-one per image, lesions one-to-one per study (a predicted and a true
+    lesion pair when any of their boxes match): a true lesion reported twice, as fragments or as
+    separate AP-only and PVP-only lesions, counts once, and the other report as a false lesion."""
     out = {}
     for thr in IOUS:
         tp = fp = fn = 0
         found_lesions = total_lesions = 0
-        pred_lesions = true_pred_lesions = 0
+        pred_lesions = true_pred_lesions = duplicates = 0
         by_size: dict[int, list[int]] = {}  # size bin -> [found, total]
         by_size_contrast: dict[tuple[int, int], list[int]] = {}  # (size bin, contrast bin) -> [found, total]
         for uid, truth in truths.items():
             res = results.get(uid)
+            lesions = res["lesions"] if res else []
             pred: dict[tuple[str, int], list] = {}
-            if res:
-                for les in res["lesions"]:
-                    pred_lesions += 1
-                    boxes = [b for view in les["views"] for b in view["boxes"]]
-                    true_pred_lesions += any(box_iou(b["xyxy"], tb) >= thr for b in boxes
-                                             for _, tb in truth.boxes.get(_box_key(b), []))
-                    for b in boxes:
-                        pred.setdefault(_box_key(b), []).append(tuple(b["xyxy"]))
-            found: set[int] = set()
+            for les in lesions:
+                for b in (b for view in les["views"] for b in view["boxes"]):
+                    pred.setdefault(_box_key(b), []).append(tuple(b["xyxy"]))
             for image in set(pred) | set(truth.boxes):
-                p, t = list(pred.get(image, [])), list(truth.boxes.get(image, []))
-                used = set()
-                for lesion_id, tb in t:
-                    best = max(((i, box_iou(pb, tb)) for i, pb in enumerate(p) if i not in used), key=lambda x: x[1],
-                               default=(None, 0.0))
-                    if best[0] is not None and best[1] >= thr:
-                        used.add(best[0])
-                        tp += 1
-                        found.add(lesion_id)
-                    else:
-                        fn += 1
-                fp += len(p) - len(used)
+                p, t = pred.get(image, []), truth.boxes.get(image, [])
+                matched = max_matching({j: {i for i, pb in enumerate(p) if box_iou(pb, tb) >= thr}
+                                        for j, (_, tb) in enumerate(t)})
+                tp, fn, fp = tp + len(matched), fn + len(t) - len(matched), fp + len(p) - len(matched)
+            edges = {k: {lesion_id for view in les["views"] for b in view["boxes"]
+                         for lesion_id, tb in truth.boxes.get(_box_key(b), []) if box_iou(b["xyxy"], tb) >= thr}
+                     for k, les in enumerate(lesions)}
+            pairs = max_matching(edges)
+            pred_lesions += len(lesions)
+            true_pred_lesions += len(pairs)
+            duplicates += sum(1 for k, hits in edges.items() if hits and k not in pairs)
+            found = set(pairs.values())
             total_lesions += len(truth.lesion_classes)
             found_lesions += len(found)
             for lesion_id, diameter in truth.lesion_diameters_mm.items():
@@ -172,9 +190,11 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else float("nan")
         out[f"iou_{thr}"] = {"box_recall": recall, "box_precision": precision, "box_f1": f1,
                              "lesion_recall": found_lesions / total_lesions if total_lesions else float("nan"),
-                             # a predicted 3D lesion is true when any of its boxes matches a true box
+                             # one-to-one: a predicted lesion is true when it is paired with a true lesion
                              "lesion_precision": true_pred_lesions / pred_lesions if pred_lesions else float("nan"),
                              "false_lesions_per_case": (pred_lesions - true_pred_lesions) / max(len(truths), 1),
+                             # of those, reports of a true lesion another report already stands for
+                             "duplicate_lesions_per_case": duplicates / max(len(truths), 1),
                              # found / total true lesions by largest in-plane diameter (phantom truth only)
                              "lesion_recall_by_size": {_bin_label(i, SIZE_BINS_MM, "mm"): f"{by_size[i][0]}/{by_size[i][1]}"
                                                        for i in sorted(by_size)},
@@ -216,13 +236,14 @@ def classification_metrics(rows: list[tuple[str, str, str, float]], seed: int = 
     p = np.array([r[2] for r in rows])
     pm = np.array([r[3] for r in rows], dtype=float)
     ym = np.isin(y, MALIGNANT_CLASSES).astype(int)
-    pmal = np.isin(p, MALIGNANT_CLASSES).astype(int)
+    pmal = np.where(p == NO_ANSWER, -1, np.isin(p, MALIGNANT_CLASSES).astype(int))  # no answer: neither
 
     def ci(fn):
         return bootstrap(cases, fn, rng)
 
     return {
         "n": len(rows),
+        "no_answer": int(np.sum(p == NO_ANSWER)),
         "benign_malignant": {
             "accuracy": ci(lambda i: float(np.mean(ym[i] == pmal[i]))),
             "auc": ci(lambda i: auc(pm[i], ym[i])),
@@ -307,8 +328,9 @@ def evaluate(results_dir: Path, truths: dict[str, CaseTruth]) -> dict:
     case_rows = []
     for uid, t in truths.items():
         r = results.get(uid)
-        if r and t.case_class and r["case"]["class"]:
-            case_rows.append((uid, t.case_class, r["case"]["class"], r["case"]["p_malignant"]))
+        if t.case_class:  # a case with no answer (nothing found, or not analysed) counts, as an error
+            case = (r or {}).get("case") or {}
+            case_rows.append((uid, t.case_class, case.get("class") or NO_ANSWER, case.get("p_malignant") or 0.0))
     normals = [uid for uid, t in truths.items() if t.normal and uid in results]
     report = {
         "studies": {"truth": len(truths), "with_result": len(truths) - len(missing), "missing": len(missing)},
@@ -338,7 +360,8 @@ def format_report(report: dict) -> str:
         if not m:
             lines.append(f"{level}: no matched items")
             continue
-        lines.append(f"{level} (n={m['n']}):")
+        lines.append(f"{level} (n={m['n']}" + (f", {m['no_answer']} with no answer" if m.get("no_answer") else "")
+                     + "):")
         for group in ("benign_malignant", "six_class"):
             lines.append(f"  {group}: " + "  ".join(
                 f"{k}={v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for k, v in m[group].items()))

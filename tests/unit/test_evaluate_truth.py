@@ -43,3 +43,51 @@ def test_frames_of_one_multi_frame_instance_are_separate_images(tmp_path: Path) 
         return detection_metrics({"1.2.3": {"lesions": [{"views": [view]}]}}, truths)["iou_0.5"]["lesion_recall"]
 
     assert found(5) == 1.0 and found(4) == 0.0
+
+
+def _truth_dir(tmp_path: Path, boxes: list[tuple[int, list[float]]], classes: dict[int, str]) -> Path:
+    labels = {"study_instance_uid": "1.2.3", "lesions": [{"lesion_id": k, "class": c} for k, c in classes.items()],
+              "boxes": {"a": [{"phase": "AP", "sop_instance_uid": "1.2.3.9", "frame_index": 0, "lesion_id": k,
+                               "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]} for k, b in boxes]}}
+    (tmp_path / "PH0001").mkdir()
+    (tmp_path / "PH0001" / "labels.json").write_text(json.dumps(labels))
+    return tmp_path
+
+
+def _lesion(*xyxys) -> dict:
+    return {"views": [{"boxes": [{"sop_instance_uid": "1.2.3.9", "xyxy": list(b)} for b in xyxys]}]}
+
+
+def test_a_lesion_reported_twice_counts_once_and_the_other_report_as_a_duplicate(tmp_path: Path) -> None:
+    from pipeline.evaluate import detection_metrics
+
+    truths = load_phantom_truth(_truth_dir(tmp_path, [(1, [10, 10, 30, 30])], {1: "HCC"}))
+    twice = {"1.2.3": {"lesions": [_lesion((10, 10, 30, 30)), _lesion((12, 12, 30, 30))]}}  # e.g. AP-only, PVP-only
+    m = detection_metrics(twice, truths)["iou_0.1"]
+    assert m["lesion_recall"] == 1.0 and m["lesion_precision"] == 0.5
+    assert m["false_lesions_per_case"] == 1.0 and m["duplicate_lesions_per_case"] == 1.0
+
+
+def test_boxes_are_matched_one_to_one_at_the_best_pairing_not_greedily(tmp_path: Path) -> None:
+    """T1 overlaps P1 most, but only P1 overlaps T2: the pairing T1-P2, T2-P1 finds both."""
+    from pipeline.evaluate import detection_metrics
+
+    truths = load_phantom_truth(_truth_dir(tmp_path, [(1, [0, 0, 10, 10]), (2, [8, 0, 18, 10])],
+                                           {1: "HCC", 2: "MET"}))
+    m = detection_metrics({"1.2.3": {"lesions": [_lesion((2, 0, 14, 10)), _lesion((0, 0, 4, 10))]}}, truths)["iou_0.3"]
+    assert m["box_recall"] == 1.0 and m["box_precision"] == 1.0 and m["lesion_recall"] == 1.0
+
+
+def test_a_case_with_no_answer_counts_as_a_classification_error(tmp_path: Path) -> None:
+    from pipeline.evaluate import evaluate
+
+    truth_dir = _truth_dir(tmp_path / "truth", [(1, [10, 10, 30, 30])], {1: "HCC"}) if (tmp_path / "truth").mkdir() \
+        is None else None
+    results = tmp_path / "results" / "1.2.3"
+    results.mkdir(parents=True)
+    results.joinpath("result.json").write_text(json.dumps(
+        {"study_instance_uid": "1.2.3", "lesions": [], "case": None}))  # nothing found in a malignant case
+    report = evaluate(tmp_path / "results", load_phantom_truth(truth_dir))
+    case = report["case_classification"]
+    assert case["n"] == 1 and case["no_answer"] == 1
+    assert case["benign_malignant"]["accuracy"]["value"] == 0.0 and case["six_class"]["accuracy"]["value"] == 0.0
