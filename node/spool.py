@@ -29,7 +29,7 @@ from pydicom.tag import Tag
 from pipeline import header_values
 from pipeline.phases import tm_before
 
-from .index import Index, now
+from .index import Index, now, study_hash
 from .logs import kv
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ class Spool:
         self._study_locks = tuple(threading.Lock() for _ in range(64))
 
     def study_lock(self, study_uid: str) -> threading.Lock:
-        return self._study_locks[int(hashlib.sha256(study_uid.encode()).hexdigest()[:8], 16) % len(self._study_locks)]
+        return self._study_locks[int(study_hash(study_uid)[:8], 16) % len(self._study_locks)]
 
     def sweep_incoming(self, older_than_s: float | None = None) -> int:
         """Remove partial receptions (never acknowledged, so never promised): all of them at start,
@@ -289,7 +289,7 @@ class Spool:
         return self.free_bytes() >= self.min_free_bytes
 
     def study_dir(self, study_uid: str) -> Path:
-        return self.studies / hashlib.sha256(study_uid.encode()).hexdigest()[:32]
+        return self.studies / study_hash(study_uid)[:32]
 
     def store(
         self,
@@ -364,7 +364,8 @@ class Spool:
                     (info.study_uid, received, received, assoc_id, calling_aet),
                 )
                 # The series starts at its earliest slice, on the clock's circle (a scan across midnight).
-                known = c.execute("SELECT acquisition_time FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
+                known = c.execute("SELECT acquisition_time FROM series WHERE series_uid=?",
+                                  (info.series_uid,)).fetchone()
                 start = f.acquisition_time
                 if known is not None and not tm_before(f.acquisition_time, known[0]):
                     start = known[0]

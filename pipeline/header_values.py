@@ -24,6 +24,15 @@ def _first(ds, keyword: str):
     return seq[0] if seq else None
 
 
+def functional_group(ds, name: str, frame_index: int = 0):
+    """The item of macro ``name`` that applies to a frame of an Enhanced CT instance: in the frame's own
+    per-frame functional group, else in the shared one; None where neither has it."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    groups = [per_frame[frame_index]] if frame_index < len(per_frame) else []
+    groups.append(_first(ds, "SharedFunctionalGroupsSequence"))
+    return next((item for group in groups if group is not None and (item := _first(group, name)) is not None), None)
+
+
 def _dt_time(value) -> str | None:
     m = _DT_TIME.match(str(value or ""))
     return m.group(1) if m else None
@@ -62,12 +71,8 @@ def acquisition_time(ds) -> str | None:
 
 
 def orientation(ds):
-    """Image Orientation (Patient) as stored: top level, else the shared or first frame's plane group."""
+    """Image Orientation (Patient) as stored: top level, else the first frame's plane orientation group."""
     if ds.get("ImageOrientationPatient") is not None:
         return ds.ImageOrientationPatient
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        group = _first(ds, groups)
-        plane = _first(group, "PlaneOrientationSequence") if group is not None else None
-        if plane is not None and plane.get("ImageOrientationPatient") is not None:
-            return plane.ImageOrientationPatient
-    return None
+    plane = functional_group(ds, "PlaneOrientationSequence")
+    return plane.get("ImageOrientationPatient") if plane is not None else None

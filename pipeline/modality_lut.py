@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from .header_values import functional_group
+
 IDENTITY = (1.0, 0.0)
 
 
@@ -25,13 +27,8 @@ def _params(item, default: tuple[float, float]) -> tuple[float, float]:
 
 def _frame_params(ds, index: int, top: tuple[float, float]) -> tuple[float, float]:
     """Per-frame group first, then the shared group, then the top level."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    shared = ds.get("SharedFunctionalGroupsSequence") or []
-    for groups in ([per_frame[index]] if index < len(per_frame) else []) + list(shared[:1]):
-        seq = groups.get("PixelValueTransformationSequence")
-        if seq:
-            return _params(seq[0], top)
-    return top
+    item = functional_group(ds, "PixelValueTransformationSequence", index)
+    return _params(item, top) if item is not None else top
 
 
 def to_hu(ds, pixels: np.ndarray) -> np.ndarray:

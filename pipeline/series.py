@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from .header_values import functional_group
 from .modality_lut import to_hu
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,6 @@ def _frames(ds: Dataset) -> list[_Slice]:
         return [_Slice(uid, None, np.array(ds.ImagePositionPatient, dtype=float),
                        tuple(float(v) for v in ds.ImageOrientationPatient),
                        (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])), _hu(ds))]
-    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame:
         raise SeriesError("multi-frame instance without per-frame functional groups")
@@ -123,12 +123,12 @@ def _frames(ds: Dataset) -> list[_Slice]:
     if volume.ndim == 2:
         volume = volume[None]
     out = []
-    for i, frame in enumerate(per_frame):
+    for i in range(len(per_frame)):
         def group(name: str) -> Dataset:
-            seq = frame.get(name) or shared.get(name)
-            if not seq:
+            item = functional_group(ds, name, i)
+            if item is None:
                 raise SeriesError(f"multi-frame instance lacks {name}")
-            return seq[0]
+            return item
 
         measures = group("PixelMeasuresSequence")
         out.append(_Slice(uid, i + 1, np.array(group("PlanePositionSequence").ImagePositionPatient, dtype=float),
