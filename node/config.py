@@ -113,6 +113,7 @@ class WorkerSettings:
     max_attempts: int = 3
     shutdown_timeout: float = 30.0
     job_timeout: float = 1800.0  # a study still running after this is failed and the worker restarted
+    retry_delay: float = 60.0  # a transient failure (disk full, out of memory) is retried after this, doubling
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ def _check_ranges(s: Settings) -> None:
         ("worker.max_attempts", s.worker.max_attempts),
         ("worker.shutdown_timeout", s.worker.shutdown_timeout),
         ("worker.job_timeout", s.worker.job_timeout),
+        ("worker.retry_delay", s.worker.retry_delay),
         ("retention.completed_days", s.retention.completed_days),
         ("retention.failed_days", s.retention.failed_days),
         ("retention.interval", s.retention.interval),

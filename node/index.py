@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL,
     worker_pid INTEGER,
     timings TEXT,                        -- JSON {stage: seconds} of the pipeline run
+    not_before REAL,                     -- a queued retry is not claimed before this time
     UNIQUE (study_uid, revision)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -157,7 +158,7 @@ class Index:
 
     # Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
     # EXISTS leaves an older database's tables as they were, so add what they lack.
-    _ADDED_COLUMNS = (("jobs", "timings", "TEXT"), ("workers", "models", "TEXT"))
+    _ADDED_COLUMNS = (("jobs", "timings", "TEXT"), ("workers", "models", "TEXT"), ("jobs", "not_before", "REAL"))
 
     def _migrate(self) -> None:
         for table, column, decl in self._ADDED_COLUMNS:

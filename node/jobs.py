@@ -3,6 +3,8 @@
 A job is one analysis of one revision of a study. States: queued -> running -> done | failed.
 A job found ``running`` when a worker starts was interrupted by a crash: it is queued again until
 it has used ``max_attempts``, then failed with that reason, so a poison study cannot loop forever.
+A transient failure (a full disk, memory, a GPU out of memory) is queued again the same way, but not
+claimed before its ``not_before`` time, so the condition has a chance to clear.
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ class JobQueue:
 
     def claim(self, worker_pid: int, now: float) -> Job | None:
         with self.index.transaction() as c:
-            row = c.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
+            row = c.execute("SELECT * FROM jobs WHERE state='queued' AND (not_before IS NULL OR not_before <= ?)"
+                            " ORDER BY id LIMIT 1", (now,)).fetchone()
             if row is None:
                 return None
             c.execute(
@@ -79,6 +82,16 @@ class JobQueue:
                 (state, now, job.study_uid, job.revision),
             )
         return True
+
+    def retry_later(self, job: Job, reason: str, not_before: float, worker_pid: int) -> bool:
+        """Queue a job that failed for a transient reason again, not to be claimed before ``not_before``;
+        False (and nothing changed) once it has used ``max_attempts`` or is no longer this worker's."""
+        if job.attempts >= self.max_attempts:
+            return False
+        with self.index.transaction() as c:
+            cur = c.execute("UPDATE jobs SET state='queued', reason=?, not_before=?, worker_pid=NULL"
+                            " WHERE id=? AND state='running' AND worker_pid=?", (reason, not_before, job.id, worker_pid))
+            return cur.rowcount == 1
 
     def park(self, job: Job) -> None:
         """Give a running job back to the queue (shutdown); the attempt is not counted."""

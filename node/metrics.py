@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,10 @@ class IndexStateCollector:
             for state, count in self.index.counts_by_state(table).items():
                 family.add_metric([state], count)
             yield family
+        waiting = self.index.scalar("SELECT COUNT(*) FROM jobs WHERE state='queued' AND not_before > ?", (time.time(),))
+        yield GaugeMetricFamily("liver_node_jobs_retry_waiting",
+                                "Queued jobs waiting out a transient failure (disk full, out of memory) before a retry",
+                                value=float(waiting or 0))
         size = self.index.scalar("SELECT COALESCE(SUM(size), 0) FROM instances") or 0
         yield GaugeMetricFamily("liver_node_spool_bytes", "Bytes of received instances in the spool", value=float(size))
         if self.spool_root is not None:

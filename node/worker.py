@@ -7,6 +7,7 @@ models are loaded and the worker is alive.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,6 +31,18 @@ from .spool import Spool
 log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE_S = 15.0
+# Conditions that can clear by themselves: retention frees the disk, another process frees memory.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
+
+
+def transient_failure(exc: BaseException) -> bool:
+    """Worth a later retry, unlike a bad series or a defect: a full disk, memory, or the GPU's memory
+    (torch's OutOfMemoryError, told by name so the receiver never imports torch)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        return True
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
 
 
 class PipelineUnavailable(Exception):
@@ -182,6 +195,7 @@ class Worker:
                 outcome["finished"] = True
             except Exception as exc:  # the pipeline's failure becomes the job's recorded reason
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
+                outcome["transient"] = transient_failure(exc)
 
         thread = threading.Thread(target=target, name=f"job-{job.id}", daemon=True)
         thread.start()
@@ -208,6 +222,12 @@ class Worker:
         if "error" not in outcome and not outcome.get("finished"):  # a BaseException ended the thread
             outcome["error"] = "analysis ended without a result"
         ok = "error" not in outcome
+        if outcome.get("transient"):
+            delay = self.settings.worker.retry_delay * 2 ** (job.attempts - 1)
+            if self.queue.retry_later(job, outcome["error"], time.time() + delay, self.pid):
+                log.warning("%s", kv(event="job_retry", job=job.id, attempt=job.attempts, delay_s=f"{delay:g}",
+                                     reason=outcome["error"]))
+                return
         self.queue.finish(job, ok, outcome.get("error"), time.time(), outcome.get("timings"), worker_pid=self.pid)
         log.log(logging.INFO if ok else logging.ERROR, "%s",
                 kv(event="job_done" if ok else "job_failed", job=job.id, reason=outcome.get("error", "")))
