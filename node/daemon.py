@@ -127,10 +127,11 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
 
     # The worker's heartbeat is in the shared index, so the receiver reports it also when systemd runs
     # the worker as its own unit (serve --no-worker): ready means studies will be analysed.
-    probes = [spool_probe, worker_probe(index)]
+    stop = threading.Event()
+    # Not ready while draining: a balancer or monitor stops routing here before the port closes.
+    probes = [spool_probe, worker_probe(index), lambda: (not stop.is_set(), "shutting down")]
     http = MetricsServer(metrics, settings.metrics.bind, settings.metrics.port, probes)
 
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 

@@ -127,3 +127,22 @@ def test_worker_exits_when_the_receiver_is_killed(node_factory):
     node.proc.wait()
     node.wait_for(lambda: not Path(f"/proc/{worker_pid}").exists() or
                   Path(f"/proc/{worker_pid}/stat").read_text().split()[2] == "Z", timeout=30)
+
+
+def test_readyz_says_shutting_down_while_associations_drain(node_factory):
+    import signal
+
+    node = node_factory("--no-worker")
+    assoc = open_assoc(node)  # held open: SIGTERM waits for it (the drain)
+    assert "shutting down" not in node.http("/readyz")[1]
+    node.proc.send_signal(signal.SIGTERM)
+
+    def draining():
+        code, body = node.http("/readyz")
+        return (code, body) if "shutting down" in body else None
+
+    code, _ = node.wait_for(draining, timeout=10)
+    assert code == 503
+    assert node.proc.poll() is None  # still draining: the held association keeps it up
+    assoc.release()
+    assert node.proc.wait(60) == 0
