@@ -31,6 +31,7 @@ from .spool import Spool
 log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE_S = 15.0
+MODEL_RETRY_S = 60.0  # without models, how often the worker tries to load them again (jobs wait meanwhile)
 # Conditions that can clear by themselves: retention frees the disk, another process frees memory.
 TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
 
@@ -137,12 +138,8 @@ class Worker:
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         self.queue.recover_interrupted(time.time(), HEARTBEAT_STALE_S, idle_pid=self.pid)
         next_recovery = time.monotonic() + HEARTBEAT_STALE_S
-        try:
-            self.runner = load_pipeline(self.settings)
-            log.info("%s", kv(event="models_loaded"))
-        except PipelineUnavailable as exc:
-            self.unavailable_reason = str(exc)
-            log.error("%s", kv(event="pipeline_unavailable", reason=exc))
+        self._load_models()
+        next_load = time.monotonic() + MODEL_RETRY_S
         self.heartbeat("idle")
         # READY only once the models are loaded (or known to be unavailable, which /readyz reports).
         self.notifier.ready("models loaded" if self.runner else f"no models: {self.unavailable_reason}")
@@ -154,6 +151,16 @@ class Worker:
             if time.monotonic() >= next_recovery:  # a job whose worker died while this one ran
                 self.queue.recover_interrupted(time.time(), HEARTBEAT_STALE_S, idle_pid=self.pid)
                 next_recovery = time.monotonic() + HEARTBEAT_STALE_S
+            if self.runner is None:
+                # Without models the studies wait in the queue (failing them would make every sender
+                # resend): /readyz says why, and the weights are tried again until an operator fixes them.
+                if time.monotonic() >= next_load:
+                    self._load_models()
+                    next_load = time.monotonic() + MODEL_RETRY_S
+                if self.runner is None:
+                    self.heartbeat(f"no models: {self.unavailable_reason}")
+                    self.stop.wait(min(self.settings.worker.poll_interval, self.notifier.watchdog_interval or 1.0))
+                    continue
             job = self.queue.claim(self.pid, time.time())
             if job is None:
                 self.heartbeat("idle")
@@ -166,14 +173,20 @@ class Worker:
         self.index.close()
         return 3 if self.hung else 0
 
+    def _load_models(self) -> None:
+        try:
+            self.runner = load_pipeline(self.settings)
+            self.unavailable_reason = None
+            log.info("%s", kv(event="models_loaded"))
+        except PipelineUnavailable as exc:
+            if str(exc) != self.unavailable_reason:  # once per reason, not once a minute
+                log.error("%s", kv(event="pipeline_unavailable", reason=exc, action="jobs_wait"))
+            self.unavailable_reason = str(exc)
+
     def _run_job(self, job: Job) -> None:
         log.info("%s", kv(event="job_started", job=job.id, study_uid=job.study_uid, revision=job.revision,
                           attempt=job.attempts))
         self.heartbeat(f"running job {job.id}")
-        if self.runner is None:
-            self.queue.finish(job, False, self.unavailable_reason, time.time(), worker_pid=self.pid)
-            log.error("%s", kv(event="job_failed", job=job.id, reason=self.unavailable_reason))
-            return
         outcome: dict[str, Any] = {}
 
         def target() -> None:
@@ -235,11 +248,12 @@ class Worker:
 
 def worker_probe(index: Index) -> Callable[[], tuple[bool, str]]:
     def probe() -> tuple[bool, str]:
-        rows = index.query("SELECT heartbeat, models_loaded FROM workers ORDER BY heartbeat DESC LIMIT 1")
+        rows = index.query("SELECT heartbeat, models_loaded, status FROM workers ORDER BY heartbeat DESC LIMIT 1")
         if not rows or time.time() - rows[0][0] > HEARTBEAT_STALE_S:
             return False, "no live inference worker"
         if not rows[0][1]:
-            return False, "models not loaded"
+            status = rows[0][2] or ""
+            return False, "models not loaded" + (f" ({status.removeprefix('no models: ')})" if status.startswith("no models") else "")
         return True, "ok"
 
     return probe

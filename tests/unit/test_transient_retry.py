@@ -96,3 +96,47 @@ def test_an_index_from_before_retries_gains_the_column(tmp_path):
         assert "not_before" in {r[1] for r in index.query("PRAGMA table_info(jobs)")}
     finally:
         index.close()
+
+
+def test_without_models_studies_wait_in_the_queue_until_the_weights_load(worker, monkeypatch):
+    import threading
+
+    loads = []
+
+    def load(settings):
+        loads.append(1)
+        if len(loads) == 1:  # the weights are broken at start, fixed later by an operator
+            raise worker_module.PipelineUnavailable("models cannot be loaded: detector.pt sha256 mismatch")
+        return ScriptedRunner(ValueError("series has inconsistent spacing"))
+
+    monkeypatch.setattr(worker_module, "load_pipeline", load)
+    monkeypatch.setattr(worker_module, "MODEL_RETRY_S", 1.0)
+    probe = worker_module.worker_probe(worker.index)
+    seen = {}
+
+    def watch():  # worker.run() installs signal handlers, so it runs in the main thread and this watches
+        clock = worker_module.time
+        deadline = clock.monotonic() + 20
+        while not loads and clock.monotonic() < deadline:
+            clock.sleep(0.05)
+        clock.sleep(0.3)
+        if len(loads) == 1:  # between the failed load and the retry: the study waits, /readyz says why
+            seen["state"], seen["probe"] = worker.index.scalar("SELECT state FROM jobs"), probe()
+        while worker.index.scalar("SELECT state FROM jobs") == "queued" and clock.monotonic() < deadline:
+            clock.sleep(0.05)
+        worker.stop.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert worker.run() == 0
+    watcher.join(10)
+    assert seen["state"] == "queued"
+    ok, detail = seen["probe"]
+    assert not ok and "sha256 mismatch" in detail
+    assert len(loads) == 2
+    index = Index(worker.settings.data_dir / "index.sqlite")  # run() closed the worker's
+    try:
+        state, reason, _, attempts = _job_row(index)
+    finally:
+        index.close()
+    assert (state, attempts) == ("failed", 1) and "inconsistent spacing" in reason  # analysed once loaded
