@@ -129,6 +129,12 @@ def cmd_status(settings: Settings) -> int:
     print("outbox: ", " ".join(f"{k}={v}" for k, v in index.counts_by_state("outbox").items()))
     for row in index.query("SELECT state, reason, COUNT(*) FROM jobs WHERE state='failed' GROUP BY reason"):
         print(f"failed jobs: {row[2]} x {row[1]}")
+    now = time.time()
+    for reason, count, due in index.query("SELECT reason, COUNT(*), MIN(not_before) FROM jobs WHERE state='queued'"
+                                          " AND not_before > ? GROUP BY reason", (now,)):
+        print(f"retrying jobs: {count} x {reason} (next in {due - now:.0f} s)")
+    worker = index.query("SELECT status, heartbeat FROM workers ORDER BY heartbeat DESC LIMIT 1")
+    print(f"worker:  {worker[0][0]} (heartbeat {now - worker[0][1]:.0f} s ago)" if worker else "worker:  none seen")
     index.close()
     return 0
 

@@ -6,6 +6,7 @@ import errno
 import pytest
 
 import node.worker as worker_module
+from node.cli import cmd_status
 from node.config import settings_from_mapping
 from node.index import Index
 from node.jobs import JobQueue
@@ -39,7 +40,7 @@ def _job_row(index: Index):
     return index.query("SELECT state, reason, not_before, attempts FROM jobs")[0]
 
 
-def test_a_full_disk_is_retried_after_a_doubling_delay_then_fails_when_attempts_run_out(worker, monkeypatch):
+def test_a_full_disk_is_retried_after_a_doubling_delay_then_fails_when_attempts_run_out(worker, monkeypatch, capsys):
     clock = [1000.0]
     monkeypatch.setattr(worker_module.time, "time", lambda: clock[0])
     disk_full = OSError(errno.ENOSPC, "No space left on device")
@@ -55,6 +56,8 @@ def test_a_full_disk_is_retried_after_a_doubling_delay_then_fails_when_attempts_
         assert worker.queue.claim(worker.pid, not_before - 1) is None  # not before its time
         metrics = NodeMetrics(worker.index)
         assert b"liver_node_jobs_retry_waiting 1.0" in metrics.render()
+        cmd_status(worker.settings)
+        assert f"retrying jobs: 1 x OSError: [Errno {errno.ENOSPC}] No space left on device" in capsys.readouterr().out
         delays.append(not_before - clock[0])
         clock[0] = not_before
     assert delays == [60.0, 120.0]
