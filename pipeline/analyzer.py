@@ -21,7 +21,7 @@ from .classify.verifier import lesion_probability
 from .detect.channels import PHASE_PAIR as PHASE_PAIR_DETECTOR
 from .detect.partner import parallel_planes, partner_volume
 from .lesion_crops import PhaseImages, lesion_crops
-from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure
+from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure, merge_fragments
 from .reporting_rule import is_reported
 from .result import LesionResult, ModelInfo, SeriesUse, StudyResult
 from .series import LoadedSeries, SeriesError, load_series
@@ -173,7 +173,7 @@ class Analyzer:
             boxes = [[Box2D(i, d.x1, d.y1, d.x2, d.y2, d.confidence) for d in dets]
                      for i, dets in enumerate(detections[s.series_uid])]
             phase = s.phase if s.phase in PRIMARY_PHASES else "UNKNOWN"
-            tracks = [tr for tr in group_boxes(boxes) if max(b.confidence for b in tr) >= lesion_conf]
+            tracks = merge_fragments([tr for tr in group_boxes(boxes) if max(b.confidence for b in tr) >= lesion_conf])
             per_series.append([measure(track, ls, phase) for track in tracks])
         frames = {ls.geometry.frame_of_reference_uid for _, ls in loaded}
         if len(frames) == 1 and None not in frames:

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from pipeline.hierarchy import ALL_CLASSES, HierarchyLogits, decide
-from pipeline.lesions import Box2D, Lesion, box_iou, group_boxes, iou, match_phases, measure
+from pipeline.lesions import Box2D, Lesion, box_iou, group_boxes, iou, match_phases, measure, merge_fragments
 from pipeline.series import Geometry, LoadedSeries, SeriesError, load_series
 from tests.support.ctdata import SeriesSpec, uid, write_series
 
@@ -196,3 +196,34 @@ def test_a_non_finite_rescale_is_a_series_error_not_nan_pixels(tmp_path):
     ds.save_as(paths[2], enforce_file_format=True)
     with pytest.raises(SeriesError, match="not finite"):
         load_series(paths)
+
+
+def test_a_lesion_boxed_twice_on_a_slice_is_one_track_not_two():
+    # the detector boxes one lesion twice on slice 1 (a nested box survives NMS): the second box cannot
+    # join the track that already took a box on that slice, so it grows a parallel track
+    per_slice = [
+        [_b(0, 10, 10, 30, 30)],
+        [_b(1, 10, 10, 30, 30, 0.9), _b(1, 14, 14, 26, 26, 0.6)],
+        [_b(2, 15, 15, 27, 27, 0.5)],
+        [_b(3, 100, 100, 110, 110)],  # another lesion, apart in-plane
+    ]
+    tracks = group_boxes(per_slice)
+    assert len(tracks) == 3  # the fragment, as grouping alone leaves it
+    merged = merge_fragments(tracks)
+    assert len(merged) == 2
+    lesion = max(merged, key=len)
+    assert [b.slice_index for b in lesion] == [0, 1, 2]  # one box per slice
+    assert (lesion[1].x1, lesion[1].y1, lesion[1].x2, lesion[1].y2, lesion[1].confidence) == (10, 10, 30, 30, 0.9)
+
+
+def test_fragments_join_only_when_they_overlap_on_nearby_slices():
+    side_by_side = [[_b(1, 10, 10, 30, 30)], [_b(1, 31, 10, 51, 30)]]  # touching lesions: no overlap
+    assert len(merge_fragments(side_by_side)) == 2
+    far_in_z = [[_b(1, 10, 10, 30, 30)], [_b(3, 10, 10, 30, 30)]]  # same place, two slices apart
+    assert len(merge_fragments(far_in_z)) == 2
+    partial = [[_b(1, 10, 10, 30, 30, 0.4)], [_b(2, 16, 10, 36, 30, 0.8)]]  # IoU 0.54 on the next slice
+    (joined,) = merge_fragments(partial)
+    assert [(b.slice_index, b.x1, b.x2) for b in joined] == [(1, 10, 30), (2, 16, 36)]
+    same_slice = [[_b(1, 10, 10, 30, 30, 0.4)], [_b(1, 16, 10, 36, 30, 0.8)]]
+    (joined,) = merge_fragments(same_slice)
+    assert [(b.x1, b.x2, b.confidence) for b in joined] == [(10, 36, 0.8)]  # the box around both
