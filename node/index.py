@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
     study_uid TEXT NOT NULL,
     revision INTEGER NOT NULL,
-    state TEXT NOT NULL,                 -- queued | running | done | failed
+    state TEXT NOT NULL,                 -- queued | running | done | failed | superseded
     attempts INTEGER NOT NULL DEFAULT 0,
     trigger TEXT,
     reason TEXT,
@@ -122,7 +122,7 @@ def study_hash(study_uid: str) -> str:
     return hashlib.sha256(study_uid.encode()).hexdigest()
 
 STUDY_STATES = ("receiving", "ready", "done", "failed")
-JOB_STATES = ("queued", "running", "done", "failed")
+JOB_STATES = ("queued", "running", "done", "failed", "superseded")
 OUTBOX_STATES = ("pending", "done", "dead")
 
 

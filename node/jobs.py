@@ -1,6 +1,8 @@
 """The durable job queue, in the index's SQLite database.
 
-A job is one analysis of one revision of a study. States: queued -> running -> done | failed.
+A job is one analysis of one revision of a study. States: queued -> running -> done | failed; a job
+still queued when a newer revision of its study is queued is superseded (its analysis would be out of
+date, and its report would reach the PACS after the newer one's).
 A job found ``running`` when a worker starts was interrupted by a crash: it is queued again until
 it has used ``max_attempts``, then failed with that reason, so a poison study cannot loop forever.
 A transient failure (a full disk, memory, a GPU out of memory) is queued again the same way, but not
@@ -45,6 +47,8 @@ class JobQueue:
                 "UPDATE studies SET state='ready', revision=?, ready_at=?, ready_trigger=? WHERE study_uid=?",
                 (revision, now, trigger, study_uid),
             )
+            c.execute("UPDATE jobs SET state='superseded', reason=?, finished=? WHERE study_uid=? AND state='queued'",
+                      (f"superseded by revision {revision}", now, study_uid))
             cur = c.execute(
                 "INSERT INTO jobs (study_uid, revision, state, trigger, created) VALUES (?, ?, 'queued', ?, ?)",
                 (study_uid, revision, trigger, now),

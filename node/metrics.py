@@ -98,8 +98,9 @@ class NodeMetrics:
         self._index = index
         # Timings of jobs finished before this process started were observed by an earlier one: a
         # restart must not replay them into the histogram.
-        self._last_job_seen = int(index.scalar("SELECT COALESCE(MAX(id), 0) FROM jobs WHERE timings IS NOT NULL")
-                                  ) if index is not None else 0
+        # By finish time, not id: a retried or recovered older job can finish after a newer one.
+        self._last_finished_seen = float(index.scalar(
+            "SELECT COALESCE(MAX(finished), 0) FROM jobs WHERE timings IS NOT NULL")) if index is not None else 0.0
         if index is not None:
             self.registry.register(IndexStateCollector(index, spool_root))
 
@@ -107,11 +108,12 @@ class NodeMetrics:
         """Carry the worker process's figures (stage timings, models) into this registry."""
         if self._index is None:
             return
-        for job_id, timings in self._index.query(
-                "SELECT id, timings FROM jobs WHERE id > ? AND timings IS NOT NULL ORDER BY id", (self._last_job_seen,)):
+        for finished, timings in self._index.query(
+                "SELECT finished, timings FROM jobs WHERE finished > ? AND timings IS NOT NULL ORDER BY finished",
+                (self._last_finished_seen,)):
             for stage, seconds in json.loads(timings).items():
                 self.stage_seconds.labels(stage).observe(float(seconds))
-            self._last_job_seen = job_id
+            self._last_finished_seen = finished
         row = self._index.query("SELECT models FROM workers WHERE models IS NOT NULL ORDER BY heartbeat DESC LIMIT 1")
         if row:
             for model in json.loads(row[0][0]):

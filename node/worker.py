@@ -155,7 +155,7 @@ class Worker:
                 # Without models the studies wait in the queue (failing them would make every sender
                 # resend): /readyz says why, and the weights are tried again until an operator fixes them.
                 if time.monotonic() >= next_load:
-                    self._load_models()
+                    self._reload_models()
                     next_load = time.monotonic() + MODEL_RETRY_S
                 if self.runner is None:
                     self.heartbeat(f"no models: {self.unavailable_reason}")
@@ -182,6 +182,18 @@ class Worker:
             if str(exc) != self.unavailable_reason:  # once per reason, not once a minute
                 log.error("%s", kv(event="pipeline_unavailable", reason=exc, action="jobs_wait"))
             self.unavailable_reason = str(exc)
+
+    def _reload_models(self) -> None:
+        """``_load_models`` after READY, where systemd's watchdog applies: a cold load can outlast
+        WatchdogSec, so it runs in a thread while this one keeps pinging and heartbeating."""
+        thread = threading.Thread(target=self._load_models, name="model-load", daemon=True)
+        thread.start()
+        while thread.is_alive() and not self.stop.is_set():
+            thread.join(1.0)
+            self.notifier.watchdog()
+            self.heartbeat("loading models")
+        if self.runner is not None:
+            self.notifier.status("models loaded")
 
     def _run_job(self, job: Job) -> None:
         log.info("%s", kv(event="job_started", job=job.id, study_uid=job.study_uid, revision=job.revision,
@@ -236,7 +248,7 @@ class Worker:
             outcome["error"] = "analysis ended without a result"
         ok = "error" not in outcome
         if outcome.get("transient"):
-            delay = self.settings.worker.retry_delay * 2 ** (job.attempts - 1)
+            delay = self.settings.worker.retry_delay * 2 ** min(job.attempts - 1, 6)  # at most 64x
             if self.queue.retry_later(job, outcome["error"], time.time() + delay, self.pid):
                 log.warning("%s", kv(event="job_retry", job=job.id, attempt=job.attempts, delay_s=f"{delay:g}",
                                      reason=outcome["error"]))

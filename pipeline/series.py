@@ -7,6 +7,7 @@ sound slice by slice, kept with a note (``LoadedSeries.notes``): missing slices,
 """
 from __future__ import annotations
 
+import errno
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from .modality_lut import to_hu
 
 log = logging.getLogger(__name__)
 
+# The machine, not the file: out of descriptors or memory. Such an error reaches the caller (the node
+# retries the study later) instead of dropping the file as unreadable and analysing the rest.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 AXIAL_TOLERANCE = 0.95  # |normal . z| at least this: within ~18 degrees of a true axial plane
 
 
@@ -144,7 +148,11 @@ def read_datasets(paths: Iterable[Path]) -> tuple[list[Dataset], list[str]]:
     for p in paths:
         try:
             datasets.append(pydicom.dcmread(p))
-        except (InvalidDicomError, OSError, EOFError):
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                raise
+            skipped += 1
+        except (InvalidDicomError, EOFError):
             skipped += 1
     if skipped:
         notes.append(f"{skipped} non-DICOM or unreadable files skipped")

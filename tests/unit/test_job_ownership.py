@@ -103,3 +103,37 @@ def test_a_hung_analysis_fails_its_study_and_restarts_the_worker(tmp_path, monke
     finally:
         release.set()
         index.close()
+
+
+def test_a_newer_revision_supersedes_a_queued_older_one(index):
+    """The older revision's analysis would be out of date, and its report would reach the PACS after the
+    newer one's (a retry waiting out a full disk made that possible)."""
+    queue = JobQueue(index)
+    queue.enqueue_ready_study("1.2", "complete", 100.0)
+    first = queue.claim(1, 100.0)
+    assert queue.retry_later(first, "OSError: [Errno 28] No space left on device", 160.0, 1)
+    with index.transaction() as c:  # a late instance reopens the study
+        c.execute("UPDATE studies SET state='receiving'")
+    queue.enqueue_ready_study("1.2", "quiet_period", 110.0)
+    assert [tuple(r) for r in index.query("SELECT revision, state, reason FROM jobs ORDER BY id")] == [
+        (1, "superseded", "superseded by revision 2"), (2, "queued", None)]
+    assert queue.claim(1, 200.0).revision == 2
+    assert queue.claim(1, 200.0) is None  # revision 1 never runs
+    assert index.counts_by_state("jobs")["superseded"] == 1
+
+
+def test_a_retried_older_job_finishing_last_still_reports_its_timings(index):
+    queue = JobQueue(index)
+    metrics = NodeMetrics(index)
+    queue.enqueue_ready_study("1.2", "complete", 100.0)
+    older = queue.claim(1, 100.0)
+    with index.transaction() as c:
+        c.execute("INSERT INTO studies (study_uid, state, first_received, last_received) VALUES ('1.3', 'receiving', 0, 0)")
+    queue.enqueue_ready_study("1.3", "complete", 101.0)
+    newer = queue.claim(2, 101.0)
+    queue.finish(newer, True, None, 102.0, {"detect": 1.0}, worker_pid=2)
+    metrics.collect_worker()
+    queue.finish(older, True, None, 103.0, {"detect": 2.0}, worker_pid=1)  # the lower id finishes later
+    metrics.collect_worker()
+    count = sum(s.value for m in metrics.stage_seconds.collect() for s in m.samples if s.name.endswith("_count"))
+    assert count == 2.0

@@ -227,3 +227,42 @@ def test_fragments_join_only_when_they_overlap_on_nearby_slices():
     same_slice = [[_b(1, 10, 10, 30, 30, 0.4)], [_b(1, 16, 10, 36, 30, 0.8)]]
     (joined,) = merge_fragments(same_slice)
     assert [(b.x1, b.x2, b.confidence) for b in joined] == [(10, 36, 0.8)]  # the box around both
+
+
+def test_lesions_side_by_side_stay_apart_when_one_wide_box_bridges_them():
+    # two lesions beside each other on slices 0-5; on slice 6 one box covers both (B's centre inside it)
+    a = [_b(s, 10, 10, 30, 30) for s in range(6)] + [_b(6, 10, 10, 80, 30)]
+    b = [_b(s, 60, 10, 80, 30) for s in range(6)]
+    merged = merge_fragments([a, b])
+    assert len(merged) == 2
+    assert max(bx.width for bx in min(merged, key=lambda t: t[0].x1)[:6]) == 20  # A's own boxes, not a 70-px union
+
+
+def test_out_of_file_descriptors_is_raised_not_skipped_as_an_unreadable_file(tmp_path):
+    """EMFILE is the machine's state, not the file's: dropping the file would analyse part of a series."""
+    import subprocess
+    import sys
+
+    files = write_series(tmp_path, uid("emfile"), SeriesSpec(slices=2), rows=16, cols=16)
+    script = (
+        "import os, resource, sys\n"
+        "from pipeline.series import read_datasets\n"
+        "from pathlib import Path\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "held = []\n"
+        "try:\n"
+        "    while True:\n"
+        "        held.append(os.open(os.devnull, os.O_RDONLY))\n"
+        "except OSError:\n"
+        "    pass\n"
+        "try:\n"
+        "    read_datasets([Path(p) for p in sys.argv[1:]])\n"
+        "    print('skipped')\n"
+        "except OSError as exc:\n"
+        "    print('raised', exc.errno)\n")
+    out = subprocess.run([sys.executable, "-c", script, *map(str, files)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    import errno
+
+    assert out.stdout.split() == ["raised", str(errno.EMFILE)], out.stderr
