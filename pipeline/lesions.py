@@ -103,7 +103,8 @@ def merge_fragments(tracks: list[list[Box2D]], min_iou: float = 0.5, max_gap: in
     their highest confidence. Chosen on the validation phantoms (8100 + 8200), where it removed most
     duplicate reports of one lesion; two true lesions overlapping in-plane can still be joined."""
     groups: list[list[Box2D]] = [list(t) for t in tracks]
-    for i in range(len(groups)):
+    i = 0
+    while i < len(groups):  # groups shrinks as it joins
         j = i + 1
         while j < len(groups):
             a, b = groups[i], groups[j]
@@ -114,6 +115,7 @@ def merge_fragments(tracks: list[list[Box2D]], min_iou: float = 0.5, max_gap: in
                 j = i + 1  # the grown group may now reach tracks already passed over
             else:
                 j += 1
+        i += 1
     merged = []
     for boxes in groups:
         per_slice: dict[int, Box2D] = {}
