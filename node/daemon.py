@@ -155,7 +155,15 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     # READY once the DICOM port is bound, state recovered and timers armed (the worker reports its own).
     notifier.ready(_status_line(index, scp))
     tick = min(1.0, notifier.watchdog_interval or 1.0)
+    status = 0
     while not stop.is_set():
+        # The watchdog is pinged from this loop, so it alone would not notice a dead listener: a node
+        # that accepts no association or serves no /metrics exits non-zero for systemd to restart it.
+        dead = [t.name for t in (scp.accept_thread, http.thread) if t is None or not t.is_alive()]
+        if dead:
+            log.error("%s", kv(event="thread_died", threads=",".join(dead), action="exit"))
+            status = 1
+            break
         if supervisor is not None:
             supervisor.poll()
         metrics.collect_worker()
@@ -177,4 +185,4 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     http.stop()
     index.close()
     log.info("%s", kv(event="stopped"))
-    return 0
+    return status

@@ -101,6 +101,7 @@ class StorageSCP:
         self._allowed_nets = [ipaddress.ip_network(h, strict=False) for h in settings.access.allowed_hosts]
         self._accepting = True
         self.server = None
+        self.accept_thread: threading.Thread | None = None
         self.ae = self._build_ae()
 
     # --- set-up -----------------------------------------------------------------------------
@@ -142,7 +143,8 @@ class StorageSCP:
         self.server = self.ae.make_server((n.bind, n.port), ssl_context=ssl_context, evt_handlers=handlers,
                                           server_class=DeferredHandshakeServer)
         self.ae._servers.append(self.server)  # as start_server does: the server's shutdown() expects it
-        threading.Thread(target=self.server.serve_forever, name="dicom-accept", daemon=True).start()
+        self.accept_thread = threading.Thread(target=self.server.serve_forever, name="dicom-accept", daemon=True)
+        self.accept_thread.start()
         return int(self.server.server_address[1])
 
     def stop_accepting(self) -> None:

@@ -147,3 +147,27 @@ def test_readyz_says_shutting_down_while_associations_drain(node_factory):
     assert node.proc.poll() is None  # still draining: the held association keeps it up
     assoc.release()
     assert node.proc.wait(60) == 0
+
+
+def test_a_dead_listener_makes_the_node_exit_for_its_supervisor_to_restart(tmp_path):
+    """The systemd watchdog is pinged from the main loop, so it alone would not notice that the DICOM
+    accept loop has ended. The fault cannot be produced from outside the process, so the harness ends
+    that loop itself, a second after the port is bound."""
+    script = (
+        "import socketserver, sys, threading\n"
+        "import node.scp as scp\n"
+        "real_start = scp.StorageSCP.start\n"
+        "def start(self):\n"
+        "    port = real_start(self)\n"
+        "    threading.Timer(1.0, socketserver.BaseServer.shutdown, (self.server,)).start()  # the loop only\n"
+        "    return port\n"
+        "scp.StorageSCP.start = start\n"
+        "from node.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, "serve", "--port", "0", "--metrics-port", "0",
+                           "--data-dir", str(tmp_path / "data"), "--no-worker"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "event=thread_died threads=dicom-accept action=exit" in out
+    assert "event=stopped" in out  # the orderly shutdown still ran
