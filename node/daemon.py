@@ -159,7 +159,7 @@ def serve(settings: Settings, worker_argv: list[str] | None) -> int:
     while not stop.is_set():
         # The watchdog is pinged from this loop, so it alone would not notice a dead listener: a node
         # that accepts no association or serves no /metrics exits non-zero for systemd to restart it.
-        dead = [t.name for t in (scp.accept_thread, http.thread) if t is None or not t.is_alive()]
+        dead = [t.name for t in (scp.accept_thread, http.thread) if not t.is_alive()]
         if dead:
             log.error("%s", kv(event="thread_died", threads=",".join(dead), action="exit"))
             status = 1

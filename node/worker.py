@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.phases import IGNORED
+from pipeline.series import RESOURCE_ERRNOS
 
 from .config import Settings
 from .index import Index
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE_S = 15.0
 MODEL_RETRY_S = 60.0  # without models, how often the worker tries to load them again (jobs wait meanwhile)
-# Conditions that can clear by themselves: retention frees the disk, another process frees memory.
-TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
+# Conditions that can clear by themselves: retention frees the disk, another process frees memory
+# (the series reader lets the machine's resource errors through for this).
+TRANSIENT_ERRNOS = RESOURCE_ERRNOS | {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN}
 
 
 def transient_failure(exc: BaseException) -> bool:
