@@ -97,7 +97,14 @@ def test_orthanc_round_trip(node_factory, tmp_path):
 
 
 def _sr_files(folder: Path) -> list[pydicom.Dataset]:
-    out = [pydicom.dcmread(p) for p in folder.iterdir()]
+    """The SRs storescp has finished writing: a poll can land while it writes one, which then reads as
+    truncated; the next poll reads it whole (a file that stays unreadable times the wait out)."""
+    out = []
+    for p in folder.iterdir():
+        try:
+            out.append(pydicom.dcmread(p))
+        except (pydicom.errors.InvalidDicomError, EOFError):
+            continue
     return [d for d in out if d.Modality == "SR"]
 
 
