@@ -137,6 +137,25 @@ def classifier_input(crops: np.ndarray, device: torch.device | str | None = None
     return to_phase_pair_input(crops, device=device) if crops.ndim == 4 else to_classifier_input(crops, device=device)
 
 
+def zoom_centre(crops_u8: np.ndarray, window: int, size: int = CLASSIFIER_SIZE) -> np.ndarray:
+    """The central ``window`` x ``window`` of crops [M,size,size] or pairs [M,2,size,size], enlarged back to ``size``.
+
+    ``crop_around_box`` centres the box within half a pixel, so this is a window around the detection
+    at ``size / window`` times native scale: a lesion of 8 px, which falls inside one cell of a ResNet's
+    stride-32 layer4 at native scale, covers several cells. The lesion verifier uses it (manifest
+    ``[input] zoom_window``); the classifiers see native-scale crops.
+    """
+    crops = np.asarray(crops_u8)
+    if crops.dtype != np.uint8 or crops.ndim not in (3, 4) or crops.shape[-2:] != (size, size):
+        raise PreprocessError(f"zoom_centre expects uint8 [M,(2,){size},{size}], got {crops.dtype} {crops.shape}")
+    if not 1 <= window <= size:
+        raise PreprocessError(f"zoom window {window} must be 1-{size} px")
+    lo = (size - window) // 2
+    centre = np.ascontiguousarray(crops[..., lo:lo + window, lo:lo + window])
+    flat = torch.from_numpy(centre.reshape(-1, window, window))
+    return resize_u8(flat, size).numpy().reshape(crops.shape)
+
+
 def _normalise(rgb_u8: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] 0-255 -> ToTensor scaling to [0, 1], then Normalize(mean, std) -> [-1, 1]."""
     scaled = rgb_u8.to(torch.float32).div_(255.0)

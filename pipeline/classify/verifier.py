@@ -5,7 +5,9 @@ lesions; at that confidence it also reports vessels, fissures and noise. The ver
 two-class LiLNet (``background``, ``lesion``) on the classifier's own crops of the candidate
 (phase pairs when its manifest says so), trained on a detector's candidates on phantoms that the
 detector never saw (``pipeline.train.verifier_data``). Its logits are averaged over a candidate's
-crops, as the classifiers' are. Every candidate from the verifier manifest's ``candidate_conf`` up is
+crops, as the classifiers' are. With ``[input] zoom_window`` in its manifest it sees the central
+window of each crop enlarged to 224 (``preprocess.zoom_centre``), so a lesion of a few pixels is
+not lost inside one cell of the backbone's last layer. Every candidate from the verifier manifest's ``candidate_conf`` up is
 asked about, with two bars (``pipeline.reporting_rule``): one below ``accept_conf`` (default: the
 detector manifest's ``lesion_conf``) is reported when p(lesion) reaches ``p_lesion``; one at or above
 it when p(lesion) reaches ``p_lesion_confident`` (default 0: the verifier only adds lesions; a
@@ -24,7 +26,7 @@ import torch
 
 from pipeline.classify.checkpoints import ModelLoadError, load_lilnet_checkpoint, weights_file
 from pipeline.classify.classifier import ag_logits
-from pipeline.classify.preprocess import GREY, PHASE_PAIR
+from pipeline.classify.preprocess import CLASSIFIER_SIZE, GREY, PHASE_PAIR, zoom_centre
 
 MANIFEST_NAME = "verifier.manifest.toml"
 CLASSES = ("background", "lesion")
@@ -33,7 +35,8 @@ CLASSES = ("background", "lesion")
 class LesionVerifier:
     def __init__(self, model: torch.nn.Module, *, name: str, version: str, sha256: str, threshold: float,
                  candidate_conf: float | None = None, accept_conf: float | None = None,
-                 confident_threshold: float = 0.0, input_mode: str = PHASE_PAIR, device: str | None = None) -> None:
+                 confident_threshold: float = 0.0, input_mode: str = PHASE_PAIR, zoom_window: int | None = None,
+                 device: str | None = None) -> None:
         if input_mode not in (GREY, PHASE_PAIR):
             raise ModelLoadError(f"verifier input mode {input_mode!r}; expected {GREY!r} or {PHASE_PAIR!r}")
         for label, value in (("p_lesion", threshold), ("p_lesion_confident", confident_threshold)):
@@ -47,6 +50,9 @@ class LesionVerifier:
         self.accept_conf = accept_conf  # where the lower bar starts (None: the detector's lesion_conf)
         self.confident_threshold = confident_threshold  # p(lesion) a candidate at or above accept_conf needs
         self.input_mode = input_mode
+        if zoom_window is not None and not 1 <= zoom_window <= CLASSIFIER_SIZE:
+            raise ModelLoadError(f"verifier zoom_window {zoom_window} must be 1-{CLASSIFIER_SIZE} px")
+        self.zoom_window = zoom_window  # it looks at the centre of each crop, enlarged (preprocess.zoom_centre)
 
     @classmethod
     def from_manifest(cls, weights_dir: Path, device: str | None = None) -> "LesionVerifier":
@@ -62,6 +68,8 @@ class LesionVerifier:
                                            for k in ("candidate_conf", "accept_conf"))
             confident_threshold = float(entry["thresholds"].get("p_lesion_confident", 0.0))
             file, sha = str(entry["file"]), str(entry["sha256"])
+            zoom = entry.get("input", {}).get("zoom_window")
+            zoom_window = None if zoom is None else int(zoom)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path.name}: file, sha256, classes and [thresholds] p_lesion are required "
                                  f"({exc!r})") from exc
@@ -74,7 +82,8 @@ class LesionVerifier:
         return cls(loaded.model, name=str(entry.get("name", "lesion-verifier")),
                    version=str(entry.get("version", "unknown")), sha256=loaded.sha256, threshold=threshold,
                    candidate_conf=candidate_conf, accept_conf=accept_conf, confident_threshold=confident_threshold,
-                   input_mode=str(entry.get("input", {}).get("mode", PHASE_PAIR)), device=device)
+                   input_mode=str(entry.get("input", {}).get("mode", PHASE_PAIR)), zoom_window=zoom_window,
+                   device=device)
 
     def logits(self, crops_u8: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """AG logits [M, 2] of crops [M,H,W] or phase pairs [M,2,H,W] (uint8)."""
@@ -83,6 +92,8 @@ class LesionVerifier:
             raise ValueError(f"crops must be uint8 [M,H,W] or [M,2,H,W], got {crops.dtype} {crops.shape}")
         if not len(crops):
             return np.zeros((0, len(CLASSES)), np.float32)
+        if self.zoom_window is not None:
+            crops = zoom_centre(crops, self.zoom_window)
         return ag_logits(self._model, crops, self.device, batch_size)
 
 

@@ -18,13 +18,14 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.classify.checkpoints import load_lilnet_checkpoint
-from pipeline.classify.preprocess import PHASE_PAIR
+from pipeline.classify.preprocess import PHASE_PAIR, zoom_centre
 from pipeline.classify.verifier import CLASSES, MANIFEST_NAME, LesionVerifier, lesion_probability
 from pipeline.evaluate import auc
 from pipeline.train.classifier import FILES, NAMES, PAIR_COLOUR, _q, ag_logits, checkpoint_lines, train_task
@@ -87,6 +88,8 @@ def write_manifest(out: Path, r: dict, m: dict, args, command: str, previous: di
         "[input]",
         "size = [224, 224]",
         f"mode = {_q(PHASE_PAIR)}",
+        *([f"zoom_window = {args.zoom_window}  # the central window of each crop, enlarged to 224"]
+          if args.zoom_window else []),
         f"colour = {_q(PAIR_COLOUR)}",
         'crop_policy = "the classifiers\' crops of the candidate (pipeline.lesion_crops), logits averaged per candidate"',
         "",
@@ -131,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init-backbone", type=Path, default=None, help="LiLNet checkpoint whose backbone starts training")
     p.add_argument("--single-phase", type=float, default=0.35, help="fraction of training pairs given as one phase twice")
     p.add_argument("--no-balance", dest="balance", action="store_false", help="no inverse-frequency class weights")
+    p.add_argument("--zoom-window", type=int, default=None,
+                   help="train on the central N x N px of each crop enlarged to 224 (small lesions at several cells)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--version", default=VERSION, help="version written to the manifest")
     p.add_argument("--compare", type=Path, default=None,
@@ -147,12 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     train, test = split_by_case(CropSet.concat([CropSet.load(p) for p in args.data]), args.held_out_cases)
     log.info("data train=%d test=%d samples", len(train), len(test))
+    raw_test = test  # an earlier verifier (--compare) zooms, or not, by its own manifest
+    if args.zoom_window:
+        train, test = (replace(s, crops=zoom_centre(s.crops, args.zoom_window)) for s in (train, test))
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     r = train_task(TASK, train, test, args, device, args.out)
     model = load_lilnet_checkpoint(args.out / FILES[TASK], r["sha256"], depth=args.depth).model.to(device)
     m = held_out_metrics(lambda crops: ag_logits(model, crops, device), test, args.threshold)
-    previous = previous_metrics(args.compare, test, device, args.threshold) if args.compare else None
+    previous = previous_metrics(args.compare, raw_test, device, args.threshold) if args.compare else None
     path = write_manifest(args.out, r, m, args, command, previous)
     log.info("RESULT %s %s previous=%s manifest=%s wall=%.0fs", r, m, previous, path, time.time() - t0)
     return 0

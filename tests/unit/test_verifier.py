@@ -10,6 +10,7 @@ import torch
 
 from pipeline.classify.checkpoints import CheckpointMetadata, ModelLoadError, save_lilnet_checkpoint
 from pipeline.classify.lilnet import LiLNet
+from pipeline.classify.preprocess import PreprocessError, zoom_centre
 from pipeline.classify.verifier import MANIFEST_NAME, LesionVerifier, lesion_probability
 from pipeline.detect.detector import Detection as Det
 from pipeline.phantom import render_case, sample_case
@@ -25,14 +26,14 @@ def test_lesion_probability_averages_logits_then_softmax():
     assert lesion_probability(np.array([[5.0, -5.0]])) < 0.001
 
 
-def _weights(tmp_path, n_classes=2, threshold=0.4, previous=None):
+def _weights(tmp_path, n_classes=2, threshold=0.4, previous=None, zoom_window=None):
     torch.manual_seed(0)
     sha = save_lilnet_checkpoint(LiLNet(n_classes, depth="resnet18", width=16), tmp_path / "verifier.pth.tar",
                                  CheckpointMetadata(epoch=0, auc=None, acc=None))
     args = argparse.Namespace(depth="resnet18", width=16, weight_dtype="float32", seed=0, threshold=threshold,
                               candidate_conf=0.2,
                               data=[tmp_path / "a.npz"], epochs=0, single_phase=0.35, init_backbone=None,
-                              held_out_cases=1, data_source="test", version="0.0.1-test")
+                              held_out_cases=1, data_source="test", version="0.0.1-test", zoom_window=zoom_window)
     metrics = {"candidates": 0, "lesions": 0, "auc": float("nan"), "lesion_recall": float("nan"),
                "false_candidates_rejected": float("nan")}
     write_manifest(tmp_path, {"file": "verifier.pth.tar", "sha256": sha, "n_train": 0}, metrics, args, "test",
@@ -49,6 +50,32 @@ def test_verifier_loads_from_the_manifest_the_trainer_writes(tmp_path):
     assert logits.shape == (3, 2) and np.isfinite(logits).all()
     with pytest.raises(ValueError, match="uint8"):
         verifier.logits(pairs.astype(np.float32))
+
+
+def test_a_zooming_verifier_looks_at_the_enlarged_centre_of_each_crop(tmp_path):
+    (tmp_path / "plain").mkdir(), (tmp_path / "zoom").mkdir()
+    plain = LesionVerifier.from_manifest(_weights(tmp_path / "plain"), device="cpu")
+    zoomed = LesionVerifier.from_manifest(_weights(tmp_path / "zoom", zoom_window=80), device="cpu")
+    assert (plain.zoom_window, zoomed.zoom_window) == (None, 80)
+    pairs = np.random.default_rng(2).integers(0, 255, (3, 2, 224, 224), dtype=np.uint8)
+    np.testing.assert_array_equal(zoomed.logits(pairs), plain.logits(zoom_centre(pairs, 80)))  # same weights
+    assert not np.allclose(zoomed.logits(pairs), plain.logits(pairs))
+
+
+def test_zoom_centre_enlarges_the_window_around_the_box_centre():
+    crop = np.zeros((224, 224), np.uint8)
+    crop[108:116, 108:116] = 200  # an 8 px lesion at the crop centre, where crop_around_box puts the box
+    pairs = np.stack([crop, 255 - crop])[None]
+    zoomed = zoom_centre(pairs, 56)  # 4x
+    assert zoomed.shape == pairs.shape
+    rows = np.flatnonzero(zoomed[0, 0, :, 112] > 100)
+    assert rows.min() == 96 and rows.max() == 127  # 8 px -> 32 px, still centred
+    np.testing.assert_array_equal(zoomed[0, 1], zoom_centre(pairs[:, 1], 56)[0])  # both phases alike
+    assert np.array_equal(zoom_centre(pairs, 224), pairs)
+    with pytest.raises(PreprocessError, match="zoom window 0"):
+        zoom_centre(pairs, 0)
+    with pytest.raises(PreprocessError, match="expects uint8"):
+        zoom_centre(pairs[..., :100], 56)
 
 
 def test_verifier_refuses_a_model_with_the_wrong_class_count(tmp_path):
