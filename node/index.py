@@ -11,6 +11,7 @@ import hashlib
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,13 @@ CREATE TABLE IF NOT EXISTS purged_revisions (
     study_hash TEXT PRIMARY KEY,
     last_revision INTEGER NOT NULL
 );
+-- Made once per data directory: 'uid_salt' goes into every result SOP Instance UID, so a node
+-- whose data directory was rebuilt (revisions start at 1 again) cannot reissue an earlier UID for
+-- different content, which a PACS keeping the first copy of a UID would silently drop.
+CREATE TABLE IF NOT EXISTS node_identity (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -155,6 +163,13 @@ class Index:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
         self._migrate()
+        # OR IGNORE: the receiver and the worker open the index concurrently; the first insert wins.
+        self._conn.execute("INSERT OR IGNORE INTO node_identity (key, value) VALUES ('uid_salt', ?)",
+                           (uuid.uuid4().hex,))
+
+    def uid_salt(self) -> str:
+        """This data directory's salt for result UIDs (see ``node_identity`` in the schema)."""
+        return str(self.scalar("SELECT value FROM node_identity WHERE key='uid_salt'"))
 
     # Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
     # EXISTS leaves an older database's tables as they were, so add what they lack.

@@ -105,7 +105,7 @@ class Worker:
         previous = folder.parent / f"rev-{job.revision - 1}" / "sr.dcm"
         paths = write_result_objects(result, series, folder, revision=job.revision,
                                      predecessor_sr=previous if previous.exists() else None,
-                                     heatmap=getattr(self.runner, "heatmap", None))
+                                     heatmap=getattr(self.runner, "heatmap", None), uid_salt=self.index.uid_salt())
         calling = self.index.scalar("SELECT calling_aet FROM studies WHERE study_uid=?", (job.study_uid,))
         destinations = self.settings.destinations_for(calling)
         added = enqueue(self.index, job.study_uid, job.revision, paths, destinations, time.time())

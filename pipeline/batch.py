@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -104,6 +105,9 @@ def run_folder(analyzer: Analyzer, root: Path, out: Path, rules: PhaseRules = Ph
         print(f"no DICOM studies under {root}", file=sys.stderr)
         return 1
     failures = 0
+    # A run's objects share no SOP Instance UID with another run's (revision is always 1 here), so
+    # results sent on after a rerun with other inputs or rules are never taken for the earlier ones.
+    uid_salt = uuid.uuid4().hex
     for i, (study_uid, series) in enumerate(sorted(studies.items()), 1):
         print(f"[{i}/{len(studies)}] analysing study {study_uid} ({len(series)} series)", file=sys.stderr, flush=True)
         if not UID_RE.match(study_uid) or len(study_uid) > 64:
@@ -114,7 +118,8 @@ def run_folder(analyzer: Analyzer, root: Path, out: Path, rules: PhaseRules = Ph
             inputs = study_inputs(series, rules)
             result = analyzer.run_study(study_uid, inputs)
             result.write(out / study_uid)
-            write_result_objects(result, inputs, out / study_uid, heatmap=getattr(analyzer, "heatmap", None))
+            write_result_objects(result, inputs, out / study_uid, heatmap=getattr(analyzer, "heatmap", None),
+                                 uid_salt=uid_salt)
         except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the batch
             # the exception's text can hold file paths (patient names in folder names): at DEBUG only
             log.debug("study failed", exc_info=True)

@@ -48,8 +48,9 @@ def _find_sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[st
 
 
 def write_result_objects(result: StudyResult, series: Sequence[SeriesInput], out_dir: Path, *, revision: int = 1,
-                         predecessor_sr: Path | None = None, heatmap: HeatmapFn | None = None) -> list[Path]:
-    """Build and write the result objects; returns their paths, SR first."""
+                         predecessor_sr: Path | None = None, heatmap: HeatmapFn | None = None,
+                         uid_salt: str = "") -> list[Path]:
+    """Build and write the result objects; returns their paths, SR first (``uid_salt``: pipeline.report)."""
     from .classify.preprocess import crop_around_box
 
     files = _find_sources(result, series)
@@ -73,7 +74,8 @@ def write_result_objects(result: StudyResult, series: Sequence[SeriesInput], out
             if image is not None:
                 maps[r.lesion.index] = heatmap(crop_around_box(image, (key.x1, key.y1, key.x2, key.y2)), r.decision)
     predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr and predecessor_sr.exists() else None
-    objects = build_result_objects(result, headers, slices, maps, revision=revision, predecessor_sr=predecessor)
+    objects = build_result_objects(result, headers, slices, maps, revision=revision, predecessor_sr=predecessor,
+                                   uid_salt=uid_salt)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, ds in enumerate(objects):

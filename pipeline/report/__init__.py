@@ -1,7 +1,9 @@
 """Result objects of one study: the SR first, then the Secondary Capture images.
 
-UIDs depend only on (study UID, revision, model sha256s), so a resend after a crash produces the
-same SOP Instance UIDs (the outbox's exactly-once delivery relies on it).
+UIDs depend only on (study UID, revision, model sha256s, ``uid_salt``), so a resend after a crash
+produces the same SOP Instance UIDs (the outbox's exactly-once delivery relies on it). The node's
+salt is made once per data directory (``node.index``), so a rebuilt one, whose revisions start at 1
+again, makes new UIDs instead of reissuing old ones for different content.
 """
 from __future__ import annotations
 
@@ -24,15 +26,17 @@ def build_result_objects(
     heatmaps: Mapping[int, np.ndarray] | None = None,
     revision: int = 1,
     predecessor_sr: Dataset | None = None,
+    uid_salt: str = "",
 ) -> list[Dataset]:
     """SR, then one SC per lesion (keyed by lesion index in ``heatmaps``), then the case summary.
     ``source_datasets`` are headers by SOP Instance UID; ``slices_u8_by_image`` the windowed key images by
     (SOP Instance UID, frame number or None), as ``SeriesLesion.key_image`` names them."""
-    objects: list[Dataset] = [build_sr(result, source_datasets, predecessor=predecessor_sr, revision=revision)]
+    objects: list[Dataset] = [build_sr(result, source_datasets, predecessor=predecessor_sr, revision=revision,
+                                       uid_salt=uid_salt)]
     if result.status != "ok" or not result.lesions:
         return objects
     study = result.study_instance_uid
-    mkey = models_key(result.models)
+    mkey = models_key(result.models) + uid_salt
     series_uid = result_uid("sc-series", study, revision, mkey)
     heatmaps = heatmaps or {}
     number = 1

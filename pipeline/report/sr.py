@@ -187,6 +187,7 @@ def build_sr(
     manufacturer: str = "liver-node",
     software_version: str = DEFAULT_SOFTWARE_VERSION,
     revision: int = 1,
+    uid_salt: str = "",
 ) -> Comprehensive3DSR:
     table = load_codes()
     alg = algorithm_id(result, software_version)
@@ -215,7 +216,7 @@ def build_sr(
         software_versions=software_version,
         contribution_description="AI lesion detection and classification (processing algorithm)",
     )
-    mkey = models_key(result.models)
+    mkey = models_key(result.models) + uid_salt  # see pipeline.report's docstring
     previous = [predecessor] if predecessor is not None else None
     pred_uid = predecessor.SOPInstanceUID if predecessor is not None else ""
     sr = Comprehensive3DSR(

@@ -9,9 +9,12 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from node.index import Index
 from pipeline.lesions import box_iou
 from pipeline.phantom import LesionClass
 from pipeline.report.codes import load_codes
+from pipeline.report.sr import models_key, result_uid
+from pipeline.result import ModelInfo
 from tests.integration.test_outbox import StoreSCP
 from tests.support.orthanc import OrthancPACS, free_port
 from tests.support.phantoms import write_clear_case
@@ -65,6 +68,12 @@ def test_dcmtk_pacs_receives_sr_and_sc(node_factory, tmp_path, cls, seed):
         assert all(d.StudyInstanceUID == labels["study_instance_uid"] for d in got)
         sr_path = next(p for p in (tmp_path / "pacs").iterdir() if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR")
         _check_sr(sr_path, labels)
+        # its UID carries this data directory's salt (a rebuilt directory cannot reissue it)
+        result_json = json.loads(next((node.data_dir / "results").rglob("result.json")).read_text())
+        mkey = models_key([ModelInfo(**m) for m in result_json["models"]])
+        salt = Index(node.data_dir / "index.sqlite").uid_salt()
+        sr_uid = pydicom.dcmread(sr_path, stop_before_pixels=True).SOPInstanceUID
+        assert sr_uid == result_uid("sr", labels["study_instance_uid"], 1, mkey + salt, "")
         _, metrics = node.http("/metrics")
         assert 'liver_node_results_sent_total{result="success"}' in metrics
         assert "liver_node_study_e2e_seconds_count 1.0" in metrics

@@ -237,3 +237,23 @@ def test_the_case_summary_names_what_does_not_fit(study):
     mark_top = image.shape[0] - max(14, image.shape[1] // 32) - 10  # the mark is drawn there, bottom left
     rows_with_text = np.flatnonzero(image[:, -200:].max(axis=(1, 2)) > 0)  # the text panel's right part
     assert rows_with_text.size and rows_with_text.max() < mark_top
+
+
+def test_result_uids_carry_the_data_directory_salt(study, tmp_path):
+    """Revision 1 of a rebuilt data directory must not reissue the UIDs of the old one's revision 1."""
+    from node.index import Index
+
+    result, headers, slices = study
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    salts = [Index(tmp_path / d / "index.sqlite").uid_salt() for d in ("a", "b", "a")]
+    assert salts[0] == salts[2] != salts[1] and len(salts[0]) == 32  # kept across restarts, new per directory
+
+    def uids(salt):
+        objs = build_result_objects(result, headers, slices, uid_salt=salt)
+        return [(o.SeriesInstanceUID, o.SOPInstanceUID) for o in objs]
+
+    first, again, rebuilt = uids(salts[0]), uids(salts[2]), uids(salts[1])
+    assert len(first) >= 3 and first == again  # a resend after a crash: the same UIDs
+    assert not {u for pair in first for u in pair} & {u for pair in rebuilt for u in pair}
+    sr = build_result_objects(result, headers, slices, uid_salt=salts[0])[0]
+    assert sr.StudyInstanceUID == result.study_instance_uid  # the study itself is the same
