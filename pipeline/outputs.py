@@ -28,8 +28,8 @@ HeatmapFn = Callable[[np.ndarray, Decision], np.ndarray]
 
 
 def _find_sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[str, Path]:
-    """SOP Instance UID -> file for the images the result objects reference."""
-    wanted = {r.lesion.primary.key_sop_instance_uid for r in result.lesions}  # one per multi-frame instance
+    """SOP Instance UID -> file for every instance of the series the analysis used: the SR lists them all
+    as its evidence (TID 1500: the instances the report was made from), the key slices among them."""
     used = {u.series_uid for u in result.series if u.used} or {s.series_uid for s in series}
     found: dict[str, Path] = {}
     for s in series:
@@ -40,10 +40,7 @@ def _find_sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[st
                 sop = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
             except (pydicom.errors.InvalidDicomError, OSError, AttributeError):
                 continue
-            if sop in wanted or not wanted and not found:
-                found[sop] = path
-            if wanted and wanted <= set(found):
-                return found
+            found.setdefault(sop, path)
     return found
 
 
@@ -57,8 +54,9 @@ def write_result_objects(result: StudyResult, series: Sequence[SeriesInput], out
     key_images = {r.lesion.primary.key_image for r in result.lesions}
     headers: dict[str, Dataset] = {}
     slices: dict[tuple[str, int | None], np.ndarray] = {}
+    key_sops = {sop for sop, _ in key_images}
     for sop, path in files.items():
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=sop not in key_sops)
         if "PixelData" in ds:
             hu = to_hu(ds, ds.pixel_array)
             for image_sop, frame in key_images:

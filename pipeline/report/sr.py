@@ -168,13 +168,13 @@ def _case_group(result: StudyResult, table: CodeTable, alg: AlgorithmIdentificat
 
 
 def _evidence(result: StudyResult, source: Mapping[str, Dataset]) -> list[Dataset]:
-    """The key slices the SR references; any one source header when it references none."""
-    uids = sorted({r.lesion.primary.key_sop_instance_uid for r in result.lesions})
-    if uids:
-        return [_key_dataset(u, source) for u in uids]
+    """Every source header (the caller passes the instances analysed), the key slices the SR references
+    first: the first one gives the SR its patient and study modules."""
+    keys = sorted({r.lesion.primary.key_sop_instance_uid for r in result.lesions})
     if not source:
         raise ReportBuildError("no source dataset: the SR needs the study's patient and study headers")
-    return [source[sorted(source)[0]]]
+    first = [_key_dataset(u, source) for u in keys]
+    return first + [source[u] for u in sorted(source) if u not in set(keys)]
 
 
 def build_sr(

@@ -74,6 +74,13 @@ def test_dcmtk_pacs_receives_sr_and_sc(node_factory, tmp_path, cls, seed):
         salt = Index(node.data_dir / "index.sqlite").uid_salt()
         sr_uid = pydicom.dcmread(sr_path, stop_before_pixels=True).SOPInstanceUID
         assert sr_uid == result_uid("sr", labels["study_instance_uid"], 1, mkey + salt, "")
+        # its evidence is every instance of the series the analysis used, not only the key slices
+        used = {s["series_uid"] for s in result_json["phases"] if s["used"]}
+        sent = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        sr = pydicom.dcmread(sr_path, stop_before_pixels=True)
+        evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                    for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+        assert used and evidence == {d.SOPInstanceUID for d in sent if d.SeriesInstanceUID in used}
         _, metrics = node.http("/metrics")
         assert 'liver_node_results_sent_total{result="success"}' in metrics
         assert "liver_node_study_e2e_seconds_count 1.0" in metrics
