@@ -163,9 +163,13 @@ class Index:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
         self._migrate()
-        # OR IGNORE: the receiver and the worker open the index concurrently; the first insert wins.
-        self._conn.execute("INSERT OR IGNORE INTO node_identity (key, value) VALUES ('uid_salt', ?)",
-                           (uuid.uuid4().hex,))
+        if self.scalar("SELECT value FROM node_identity WHERE key='uid_salt'") is None:
+            # A database from before the salt keeps unsalted UIDs: a job it had half delivered is then
+            # finished under the UIDs already sent. OR IGNORE: the receiver and the worker open the
+            # index concurrently; the first insert wins.
+            legacy = self.scalar("SELECT EXISTS (SELECT 1 FROM jobs)")
+            self._conn.execute("INSERT OR IGNORE INTO node_identity (key, value) VALUES ('uid_salt', ?)",
+                               ("" if legacy else uuid.uuid4().hex,))
 
     def uid_salt(self) -> str:
         """This data directory's salt for result UIDs (see ``node_identity`` in the schema)."""

@@ -27,20 +27,29 @@ log = logging.getLogger(__name__)
 HeatmapFn = Callable[[np.ndarray, Decision], np.ndarray]
 
 
-def _find_sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[str, Path]:
-    """SOP Instance UID -> file for every instance of the series the analysis used: the SR lists them all
-    as its evidence (TID 1500: the instances the report was made from), the key slices among them."""
+EVIDENCE_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "ImageType", "Rows"]
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # our own overlays, if a PACS routes them back
+
+
+def _sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[str, tuple[Path, Dataset]]:
+    """SOP Instance UID -> (file, its UIDs only) for every image of the series the analysis used, localizers
+    left out as ``pipeline.series`` leaves them out: the SR lists them all as its evidence (TID 1500: the
+    instances the report was made from). One header parse each; full headers are read only where needed."""
     used = {u.series_uid for u in result.series if u.used} or {s.series_uid for s in series}
-    found: dict[str, Path] = {}
+    found: dict[str, tuple[Path, Dataset]] = {}
     for s in series:
         if s.series_uid not in used:
             continue
         for path in s.paths:
             try:
-                sop = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-            except (pydicom.errors.InvalidDicomError, OSError, AttributeError):
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=EVIDENCE_TAGS)
+                sop, sop_class = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+            except (pydicom.errors.InvalidDicomError, OSError, AttributeError, EOFError):
                 continue
-            found.setdefault(sop, path)
+            if ("Rows" not in ds or sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+                    or "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]):
+                continue
+            found.setdefault(sop, (path, ds))
     return found
 
 
@@ -50,12 +59,16 @@ def write_result_objects(result: StudyResult, series: Sequence[SeriesInput], out
     """Build and write the result objects; returns their paths, SR first (``uid_salt``: pipeline.report)."""
     from .classify.preprocess import crop_around_box
 
-    files = _find_sources(result, series)
+    sources = _sources(result, series)
     key_images = {r.lesion.primary.key_image for r in result.lesions}
-    headers: dict[str, Dataset] = {}
-    slices: dict[tuple[str, int | None], np.ndarray] = {}
     key_sops = {sop for sop, _ in key_images}
-    for sop, path in files.items():
+    # full headers: the key slices (with pixels), or without them the one the SR takes its patient from
+    full = key_sops or set(sorted(sources)[:1])
+    headers: dict[str, Dataset] = {sop: uids for sop, (_, uids) in sources.items() if sop not in full}
+    slices: dict[tuple[str, int | None], np.ndarray] = {}
+    for sop, (path, _) in sources.items():
+        if sop not in full:
+            continue
         ds = pydicom.dcmread(path, stop_before_pixels=sop not in key_sops)
         if "PixelData" in ds:
             hu = to_hu(ds, ds.pixel_array)

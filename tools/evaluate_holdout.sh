@@ -16,7 +16,8 @@ seed=${SEED:-9100}  # SEED=8100: the validation set that picks thresholds; 9100:
 # pairing (detector 0.5.0 + verifier 0.2.0) measured again, after 9400 had selected it; 8200: a second,
 # larger validation set (all 20 per class) for the verifier's rule; 9600: the verifier's two-bar rule
 # (fixed on 8100 + 8200) beside the rule before it; 9700: the pipeline's fragment join beside the
-# pipeline without it
+# pipeline without it; 9800: the verifier rule chosen for recall beside the shipped rule (one run at
+# p_lesion 0 scores both), then the shipped system once more
 index=0
 for cls in HCC ICC MET FNH HEM CYST none; do
   if [ ! -d "$out/truth/$cls" ]; then
