@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 import sys
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path

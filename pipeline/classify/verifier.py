@@ -7,8 +7,8 @@ two-class LiLNet (``background``, ``lesion``) on the classifier's own crops of t
 detector never saw (``pipeline.train.verifier_data``). Its logits are averaged over a candidate's
 crops, as the classifiers' are. With ``[input] zoom_window`` in its manifest it sees the central
 window of each crop enlarged to 224 (``preprocess.zoom_centre``), so a lesion of a few pixels is
-not lost inside one cell of the backbone's last layer. Every candidate from the verifier manifest's ``candidate_conf`` up is
-asked about, with two bars (``pipeline.reporting_rule``): one below ``accept_conf`` (default: the
+not lost inside one cell of the backbone's last layer (tried, not shipped: weights/README.md).
+Every candidate from the verifier manifest's ``candidate_conf`` up is asked about, with two bars (``pipeline.reporting_rule``): one below ``accept_conf`` (default: the
 detector manifest's ``lesion_conf``) is reported when p(lesion) reaches ``p_lesion``; one at or above
 it when p(lesion) reaches ``p_lesion_confident`` (default 0: the verifier only adds lesions; a
 verifier deciding alone at one bar lost large, confident lesions in trials). This is the

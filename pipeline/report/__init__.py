@@ -14,7 +14,7 @@ from pydicom import Dataset
 
 from ..result import StudyResult
 from .sc import SC_SERIES_NUMBER, build_case_summary_sc, build_lesion_sc, lead_lesion
-from .sr import ReportBuildError, build_sr, models_key, result_uid
+from .sr import ReportBuildError, build_sr, result_uid, uid_key
 
 __all__ = ["build_result_objects", "build_sr", "build_lesion_sc", "build_case_summary_sc", "ReportBuildError"]
 
@@ -36,7 +36,7 @@ def build_result_objects(
     if result.status != "ok" or not result.lesions:
         return objects
     study = result.study_instance_uid
-    mkey = models_key(result.models) + uid_salt
+    mkey = uid_key(result.models, uid_salt)
     series_uid = result_uid("sc-series", study, revision, mkey)
     heatmaps = heatmaps or {}
     number = 1

@@ -59,6 +59,12 @@ def models_key(models: Sequence[ModelInfo]) -> str:
     return ",".join(sorted(f"{m.name}:{m.sha256}" for m in models)) or "no-models"
 
 
+def uid_key(models: Sequence[ModelInfo], uid_salt: str) -> str:
+    """The part of every result UID that is not the study, revision or object: the models, then the salt
+    (see pipeline.report's docstring)."""
+    return models_key(models) + uid_salt
+
+
 def result_uid(*parts: object) -> str:
     """A 2.25 UID derived from the parts only: same parts, same UID (128 bits of SHA-256)."""
     digest = hashlib.sha256("\x1f".join(["liver-node", *map(str, parts)]).encode()).digest()
@@ -216,7 +222,7 @@ def build_sr(
         software_versions=software_version,
         contribution_description="AI lesion detection and classification (processing algorithm)",
     )
-    mkey = models_key(result.models) + uid_salt  # see pipeline.report's docstring
+    mkey = uid_key(result.models, uid_salt)
     previous = [predecessor] if predecessor is not None else None
     pred_uid = predecessor.SOPInstanceUID if predecessor is not None else ""
     sr = Comprehensive3DSR(

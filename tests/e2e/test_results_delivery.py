@@ -13,7 +13,7 @@ from node.index import Index
 from pipeline.lesions import box_iou
 from pipeline.phantom import LesionClass
 from pipeline.report.codes import load_codes
-from pipeline.report.sr import models_key, result_uid
+from pipeline.report.sr import result_uid, uid_key
 from pipeline.result import ModelInfo
 from tests.integration.test_outbox import StoreSCP
 from tests.support.orthanc import OrthancPACS, free_port
@@ -70,10 +70,10 @@ def test_dcmtk_pacs_receives_sr_and_sc(node_factory, tmp_path, cls, seed):
         _check_sr(sr_path, labels)
         # its UID carries this data directory's salt (a rebuilt directory cannot reissue it)
         result_json = json.loads(next((node.data_dir / "results").rglob("result.json")).read_text())
-        mkey = models_key([ModelInfo(**m) for m in result_json["models"]])
         salt = Index(node.data_dir / "index.sqlite").uid_salt()
+        key = uid_key([ModelInfo(**m) for m in result_json["models"]], salt)
         sr_uid = pydicom.dcmread(sr_path, stop_before_pixels=True).SOPInstanceUID
-        assert sr_uid == result_uid("sr", labels["study_instance_uid"], 1, mkey + salt, "")
+        assert sr_uid == result_uid("sr", labels["study_instance_uid"], 1, key, "")
         # its evidence is every instance of the series the analysis used, not only the key slices
         used = {s["series_uid"] for s in result_json["phases"] if s["used"]}
         sent = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
