@@ -163,7 +163,7 @@ class Index:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
         self._migrate()
-        if self.scalar("SELECT value FROM node_identity WHERE key='uid_salt'") is None:
+        if self.scalar(self._SALT_QUERY) is None:
             # A database from before the salt keeps unsalted UIDs: a job it had half delivered is then
             # finished under the UIDs already sent. OR IGNORE: the receiver and the worker open the
             # index concurrently; the first insert wins.
@@ -171,9 +171,11 @@ class Index:
             self._conn.execute("INSERT OR IGNORE INTO node_identity (key, value) VALUES ('uid_salt', ?)",
                                ("" if legacy else uuid.uuid4().hex,))
 
+    _SALT_QUERY = "SELECT value FROM node_identity WHERE key='uid_salt'"
+
     def uid_salt(self) -> str:
         """This data directory's salt for result UIDs (see ``node_identity`` in the schema)."""
-        return str(self.scalar("SELECT value FROM node_identity WHERE key='uid_salt'"))
+        return str(self.scalar(self._SALT_QUERY))
 
     # Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
     # EXISTS leaves an older database's tables as they were, so add what they lack.

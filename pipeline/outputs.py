@@ -20,6 +20,7 @@ from .imaging import window_u8
 from .modality_lut import to_hu
 from .report import build_result_objects
 from .result import StudyResult
+from .series import is_localizer
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ def _sources(result: StudyResult, series: Sequence[SeriesInput]) -> dict[str, tu
                 sop, sop_class = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
             except (pydicom.errors.InvalidDicomError, OSError, AttributeError, EOFError):
                 continue
-            if ("Rows" not in ds or sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
-                    or "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]):
+            if "Rows" not in ds or sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or is_localizer(ds):
                 continue
             found.setdefault(sop, (path, ds))
     return found

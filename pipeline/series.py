@@ -159,6 +159,11 @@ def read_datasets(paths: Iterable[Path]) -> tuple[list[Dataset], list[str]]:
     return datasets, notes
 
 
+def is_localizer(ds: Dataset) -> bool:
+    """A scout image inside a series: never a slice of the volume."""
+    return "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]
+
+
 def load_series(paths: Sequence[Path], *, gap_factor: float = 1.5) -> LoadedSeries:
     datasets, notes = read_datasets(paths)
     if not datasets:
@@ -166,7 +171,7 @@ def load_series(paths: Sequence[Path], *, gap_factor: float = 1.5) -> LoadedSeri
     images = []
     localizers = 0
     for ds in datasets:
-        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+        if is_localizer(ds):
             localizers += 1
             continue
         if "PixelData" not in ds:
