@@ -22,7 +22,7 @@ from .detect.channels import PHASE_PAIR as PHASE_PAIR_DETECTOR
 from .detect.partner import parallel_planes, partner_volume
 from .lesion_crops import PhaseImages, lesion_crops
 from .lesions import Box2D, SeriesLesion, group_boxes, match_phases, measure, merge_fragments
-from .reporting_rule import is_reported
+from .reporting_rule import CandidateScore, is_reported
 from .result import LesionResult, ModelInfo, SeriesUse, StudyResult
 from .series import LoadedSeries, SeriesError, load_series
 
@@ -55,6 +55,9 @@ class Verifier(Protocol):
     input_mode: str
     threshold: float  # p(lesion) a candidate needs to be reported
     candidate_conf: float | None  # the lowest detector confidence it is asked about (None: the detector's lesion_conf)
+    accept_conf: float | None  # where the lower bar starts (None: the detector's lesion_conf)
+    confident_threshold: float  # p(lesion) a candidate at or above accept_conf needs
+    candidate_score: CandidateScore | None  # when set, it decides instead of the two bars
 
     def logits(self, crops_u8: np.ndarray) -> np.ndarray: ...  # [M, 2] background, lesion
 
@@ -163,7 +166,8 @@ class Analyzer:
 
         t = time.perf_counter()
         # Without a verifier the detector's lesion_conf decides. With one, tracks down to its candidate_conf
-        # are proposed and p(lesion) decides, at a lower bar from accept_conf up (pipeline.reporting_rule).
+        # are proposed and its candidate score decides, or p(lesion) at a lower bar from accept_conf up
+        # (pipeline.reporting_rule).
         accept_conf = lesion_conf = float(getattr(self.detector, "lesion_conf", 0.0))
         if self.verifier is not None and self.verifier.candidate_conf is not None:
             lesion_conf = min(lesion_conf, float(self.verifier.candidate_conf))
@@ -211,18 +215,25 @@ class Analyzer:
                     result.notes.append(f"lesion {lesion.index} too small to classify "
                                         f"({lesion.primary.long_axis_mm:.1f} mm)")
                 continue
-            p_lesion = None
+            p_lesion = score = None
             if verified is not None:
                 p_lesion = lesion_probability(verified[rows])
-                if not is_reported(top, p_lesion, accept_conf, self.verifier.threshold,
-                                   self.verifier.confident_threshold):
+                if (rule := self.verifier.candidate_score) is not None:
+                    score = rule(top, p_lesion, lesion.primary.long_axis_mm, int(rows.size))
+                    keep = score >= rule.threshold
+                else:
+                    keep = is_reported(top, p_lesion, accept_conf, self.verifier.threshold,
+                                       self.verifier.confident_threshold)
+                if not keep:
                     rejected += 1
                     continue
             reported.append(rows)
-            result.lesions.append(LesionResult(lesion, decide(logits.select(rows)), p_lesion))
+            result.lesions.append(LesionResult(lesion, decide(logits.select(rows)), p_lesion, candidate_score=score))
         if rejected:
             bars = f"p(lesion) < {self.verifier.threshold:g}"
-            if self.verifier.confident_threshold > 0:
+            if self.verifier.candidate_score is not None:
+                bars = f"candidate score < {self.verifier.candidate_score.threshold:g}"
+            elif self.verifier.confident_threshold > 0:
                 bars += f", or < {self.verifier.confident_threshold:g} at detector confidence >= {accept_conf:g}"
             result.notes.append(f"{rejected} detector candidate(s) rejected by the lesion verifier ({bars})")
         if reported:  # the paper's patient averaging: all crops of all reported lesions

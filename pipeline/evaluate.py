@@ -17,7 +17,7 @@ import numpy as np
 
 from .hierarchy import ALL_CLASSES, MALIGNANT_CLASSES
 from .lesions import box_iou
-from .reporting_rule import is_reported
+from .reporting_rule import CandidateScore, candidate_features, is_reported
 
 IOUS = (0.1, 0.3, 0.5)
 NO_ANSWER = "none"  # a case the system gave no class (nothing found, or not analysed)
@@ -288,6 +288,10 @@ def at_lesion_conf(results: dict[str, dict], lesion_conf: float) -> dict[str, di
     return out
 
 
+def _keep_lesions(results: dict[str, dict], keep) -> dict[str, dict]:
+    return {uid: {**res, "lesions": [les for les in res["lesions"] if keep(les)]} for uid, res in results.items()}
+
+
 def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 2.0,
                 p_confident: float = 0.0) -> dict[str, dict]:
     """Results as a stricter lesion-verifier rule would have left them (``pipeline.reporting_rule``): a
@@ -297,7 +301,23 @@ def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 
     def keep(les: dict) -> bool:
         top = max((v["detector_confidence"] or 0.0) for v in les["views"])
         return is_reported(top, les.get("p_lesion"), accept_conf, p_lesion, p_confident)
-    return {uid: {**res, "lesions": [les for les in res["lesions"] if keep(les)]} for uid, res in results.items()}
+    return _keep_lesions(results, keep)
+
+
+def at_candidate_score(results: dict[str, dict], rule: CandidateScore, threshold: float | None = None) -> dict[str, dict]:
+    """Results as ``rule`` (at ``threshold``, default its own) would have left them, for a run that kept every
+    candidate (p_lesion 0). Near-exact: the result file rounds p(lesion) and confidences to 4 decimals and sizes
+    to 0.1 mm, so a candidate within about 0.01 of the bar may fall the other way. A lesion without a verifier
+    probability stays, as in ``at_p_lesion``."""
+    bar = rule.threshold if threshold is None else threshold
+
+    return _keep_lesions(results, lambda les: les.get("p_lesion") is None or rule.score(saved_features(les)) >= bar)
+
+
+def saved_features(les: dict) -> np.ndarray:
+    """``candidate_features`` of a lesion in a result file (one with a verifier probability)."""
+    top = max((v["detector_confidence"] or 0.0) for v in les["views"])
+    return candidate_features(top, les["p_lesion"], les["long_axis_mm"], les["crops"])
 
 
 def lesion_conf_sweep(results_dir: Path, truths: dict[str, CaseTruth], thresholds: list[float],

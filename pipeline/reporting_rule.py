@@ -1,6 +1,11 @@
 """Which detector candidates a study reports: one rule for the analyzer and for re-scoring saved runs."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
 
 def is_reported(detector_confidence: float, p_lesion: float | None, accept_conf: float, p_threshold: float,
                 p_confident: float = 0.0) -> bool:
@@ -11,3 +16,56 @@ def is_reported(detector_confidence: float, p_lesion: float | None, accept_conf:
     if p_lesion is None:
         return True
     return p_lesion >= p_threshold or (detector_confidence >= accept_conf and p_lesion >= p_confident)
+
+
+# Without a clip, a verifier sure to many decimals would outweigh every other feature; the result
+# file keeps p(lesion) to 4 decimals, so a saved run re-scores to the analyzer's decision.
+_P_CLIP = 1e-4
+FEATURES = ("logit_p_lesion", "detector_confidence", "log_long_axis_mm", "log_crops")
+
+
+def candidate_features(detector_confidence: float, p_lesion: float, long_axis_mm: float, crops: int) -> np.ndarray:
+    """What the candidate score weighs: the verifier's opinion, the detector's best box, the size (large
+    false candidates are fissures and vessel bundles) and how many crops the candidate yields (a lesion
+    persists over slices and phases, noise rarely does)."""
+    p = min(max(float(p_lesion), _P_CLIP), 1.0 - _P_CLIP)
+    return np.array([math.log(p / (1.0 - p)), float(detector_confidence),
+                     math.log(max(float(long_axis_mm), 1.0)), math.log(max(int(crops), 1))])
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """A logistic score over ``candidate_features`` (standardised), fitted on validation phantoms by
+    ``pipeline.train.candidate_score``; a candidate is reported when it reaches ``threshold``. It replaces
+    the two bars of ``is_reported`` when the verifier manifest has a ``[candidate_score]`` table."""
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not len(self.mean) == len(self.scale) == len(self.weights) == len(FEATURES):
+            raise ValueError(f"candidate_score needs {len(FEATURES)} means, scales and weights ({', '.join(FEATURES)})")
+        if not all(s > 0 for s in self.scale):
+            raise ValueError("candidate_score scales must be positive")
+
+    @classmethod
+    def from_table(cls, table: dict) -> "CandidateScore":
+        """From a manifest table; its ``features`` must name ``FEATURES`` in order (a table written for other
+        features is refused rather than misread)."""
+        if tuple(table.get("features", ())) != FEATURES:
+            raise ValueError(f"candidate_score features {table.get('features')} != {list(FEATURES)}")
+        return cls(*(tuple(float(v) for v in table[k]) for k in ("mean", "scale", "weights")),
+                   bias=float(table["bias"]), threshold=float(table["threshold"]))
+
+    def to_table(self) -> dict:
+        return {"features": list(FEATURES), "mean": list(self.mean), "scale": list(self.scale),
+                "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold}
+
+    def score(self, features: np.ndarray) -> float:
+        z = (np.asarray(features) - self.mean) / np.asarray(self.scale)
+        return float(z @ np.asarray(self.weights) + self.bias)
+
+    def __call__(self, detector_confidence: float, p_lesion: float, long_axis_mm: float, crops: int) -> float:
+        return self.score(candidate_features(detector_confidence, p_lesion, long_axis_mm, crops))

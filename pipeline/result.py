@@ -34,6 +34,7 @@ class LesionResult:
     decision: Decision
     p_lesion: float | None = None  # the lesion verifier's probability that the candidate is a lesion (None: no verifier)
     tracking_uid: str | None = None  # the SR's tracking UID, kept across revisions (pipeline.report.tracking)
+    candidate_score: float | None = None  # the verifier manifest's candidate score, when it has one (reporting_rule)
 
 
 @dataclass
@@ -104,6 +105,7 @@ def _lesion(r: LesionResult) -> dict:
         "volume_ml": round(p.volume_ml, 2),
         "phases": list(les.phases),
         "p_lesion": _num(r.p_lesion),
+        "candidate_score": _num(r.candidate_score),
         "size_method": "detector box (long/short side on the key slice; volume as stacked ellipses)",
         "views": [
             {

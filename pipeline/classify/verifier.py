@@ -8,10 +8,13 @@ detector never saw (``pipeline.train.verifier_data``). Its logits are averaged o
 crops, as the classifiers' are. With ``[input] zoom_window`` in its manifest it sees the central
 window of each crop enlarged to 224 (``preprocess.zoom_centre``), so a lesion of a few pixels is
 not lost inside one cell of the backbone's last layer (tried, not shipped: weights/README.md).
-Every candidate from the verifier manifest's ``candidate_conf`` up is asked about, with two bars (``pipeline.reporting_rule``): one below ``accept_conf`` (default: the
-detector manifest's ``lesion_conf``) is reported when p(lesion) reaches ``p_lesion``; one at or above
-it when p(lesion) reaches ``p_lesion_confident`` (default 0: the verifier only adds lesions; a
-verifier deciding alone at one bar lost large, confident lesions in trials). This is the
+Every candidate from the verifier manifest's ``candidate_conf`` up is asked about. With a
+``[candidate_score]`` table in the manifest, a logistic score over p(lesion), the detector's
+confidence, the size and the crop count decides (``pipeline.reporting_rule.CandidateScore``).
+Without one, two bars do: one below ``accept_conf`` (default: the detector manifest's
+``lesion_conf``) is reported when p(lesion) reaches ``p_lesion``; one at or above it when p(lesion)
+reaches ``p_lesion_confident`` (default 0: the verifier only adds lesions; a verifier deciding alone
+at one bar lost large, confident lesions in trials). This is the
 false-positive-reduction stage of two-stage detectors (it is not part of LiLNet); without
 ``verifier.manifest.toml`` in the weights folder the pipeline has none, as with the published
 LiLNet weights.
@@ -27,6 +30,7 @@ import torch
 from pipeline.classify.checkpoints import ModelLoadError, load_lilnet_checkpoint, weights_file
 from pipeline.classify.classifier import ag_logits
 from pipeline.classify.preprocess import CLASSIFIER_SIZE, GREY, PHASE_PAIR, zoom_centre
+from pipeline.reporting_rule import CandidateScore
 
 MANIFEST_NAME = "verifier.manifest.toml"
 CLASSES = ("background", "lesion")
@@ -36,7 +40,7 @@ class LesionVerifier:
     def __init__(self, model: torch.nn.Module, *, name: str, version: str, sha256: str, threshold: float,
                  candidate_conf: float | None = None, accept_conf: float | None = None,
                  confident_threshold: float = 0.0, input_mode: str = PHASE_PAIR, zoom_window: int | None = None,
-                 device: str | None = None) -> None:
+                 candidate_score: CandidateScore | None = None, device: str | None = None) -> None:
         if input_mode not in (GREY, PHASE_PAIR):
             raise ModelLoadError(f"verifier input mode {input_mode!r}; expected {GREY!r} or {PHASE_PAIR!r}")
         for label, value in (("p_lesion", threshold), ("p_lesion_confident", confident_threshold)):
@@ -53,6 +57,7 @@ class LesionVerifier:
         if zoom_window is not None and not 1 <= zoom_window <= CLASSIFIER_SIZE:
             raise ModelLoadError(f"verifier zoom_window {zoom_window} must be 1-{CLASSIFIER_SIZE} px")
         self.zoom_window = zoom_window  # it looks at the centre of each crop, enlarged (preprocess.zoom_centre)
+        self.candidate_score = candidate_score  # when set, it decides instead of the two bars
 
     @classmethod
     def from_manifest(cls, weights_dir: Path, device: str | None = None) -> "LesionVerifier":
@@ -73,6 +78,11 @@ class LesionVerifier:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path.name}: file, sha256, classes and [thresholds] p_lesion are required "
                                  f"({exc!r})") from exc
+        try:
+            score = entry.get("candidate_score")
+            candidate_score = None if score is None else CandidateScore.from_table(score)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path.name}: [candidate_score] is malformed ({exc})") from exc
         if classes != CLASSES:
             raise ModelLoadError(f"{path.name}: classes {classes} != {CLASSES}")
         loaded = load_lilnet_checkpoint(weights_file(weights_dir, file, path.name), sha,
@@ -83,7 +93,7 @@ class LesionVerifier:
                    version=str(entry.get("version", "unknown")), sha256=loaded.sha256, threshold=threshold,
                    candidate_conf=candidate_conf, accept_conf=accept_conf, confident_threshold=confident_threshold,
                    input_mode=str(entry.get("input", {}).get("mode", PHASE_PAIR)), zoom_window=zoom_window,
-                   device=device)
+                   candidate_score=candidate_score, device=device)
 
     def logits(self, crops_u8: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """AG logits [M, 2] of crops [M,H,W] or phase pairs [M,2,H,W] (uint8)."""

@@ -271,6 +271,7 @@ class BrightCentreVerifier:
     candidate_conf = None
     accept_conf = None
     confident_threshold = 0.0
+    candidate_score = None
 
     def logits(self, crops):
         assert crops.shape[1:] == (2, 224, 224)
@@ -323,6 +324,37 @@ def test_a_verifier_with_a_second_bar_vetoes_a_confident_false_candidate(phantom
     assert len(Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions) == 1
     verifier.threshold = 1.0  # and nothing reaches 1.0 (sigmoid of 8 is below it)
     assert Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions == []
+
+
+def test_a_verifier_with_a_candidate_score_lets_the_score_decide(phantom, tmp_path):
+    from pipeline.evaluate import at_candidate_score
+    from pipeline.reporting_rule import CandidateScore
+
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    inputs = study_inputs(series, PhaseRules())
+    detector = OracleAndAirDetector(_oracle(out).boxes)  # the lesion and the air box, both at 0.9
+    detector.lesion_conf = 0.85
+    verifier = BrightCentreVerifier()
+    verifier.candidate_conf, verifier.threshold = 0.5, 0.0  # the two bars alone would keep both
+    verifier.candidate_score = CandidateScore((0.0,) * 4, (1.0,) * 4, (1.0, 0.0, 0.0, 0.0), 0.0, 0.0)
+    result = Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs)
+    (kept,) = result.lesions  # logit(p) ~ +8 for the lesion, ~ -8 for the air box, against bar 0
+    assert kept.p_lesion > 0.99 and kept.candidate_score == pytest.approx(8.0)  # mean logit difference 8
+    assert any("1 detector candidate(s) rejected by the lesion verifier (candidate score < 0)" in n for n in result.notes)
+    assert result.to_dict()["lesions"][0]["candidate_score"] == pytest.approx(kept.candidate_score, abs=1e-4)
+    # the detector's confidence alone, with a bar above 0.9: nothing is reported
+    verifier.candidate_score = CandidateScore((0.0,) * 4, (1.0,) * 4, (0.0, 1.0, 0.0, 0.0), 0.0, 0.95)
+    assert Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions == []
+    # a run that keeps every candidate re-scores to the analyzer's own decision
+    rule = CandidateScore((0.0, 0.5, 2.0, 1.0), (2.0, 0.2, 0.5, 1.0), (3.0, 2.0, -1.0, 0.5), -1.0, 0.0)
+    verifier.candidate_score = CandidateScore(rule.mean, rule.scale, rule.weights, rule.bias, -100.0)
+    everything = Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).to_dict()
+    assert len(everything["lesions"]) == 2
+    verifier.candidate_score = rule
+    decided = Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).to_dict()
+    rescored = at_candidate_score({study_uid: everything}, rule)[study_uid]
+    assert [les["index"] for les in rescored["lesions"]] == [les["index"] for les in decided["lesions"]] != []
 
 
 def test_with_a_verifier_the_detector_proposes_down_to_its_candidate_conf(phantom):

@@ -104,6 +104,23 @@ def test_verifier_reads_its_second_bar_from_the_manifest(tmp_path):
         LesionVerifier.from_manifest(weights, device="cpu")
 
 
+def test_verifier_reads_a_candidate_score_from_the_manifest(tmp_path):
+    weights = _weights(tmp_path)
+    path = weights / MANIFEST_NAME
+    assert LesionVerifier.from_manifest(weights, device="cpu").candidate_score is None  # absent: the two bars
+    table = ('\n[candidate_score]\nfeatures = ["logit_p_lesion", "detector_confidence", "log_long_axis_mm", "log_crops"]\n'
+             "mean = [0, 0.5, 2, 1]\nscale = [2, 0.25, 0.5, 1]\nweights = [3, 2, -1, 0.5]\nbias = -1\nthreshold = -0.7\n")
+    path.write_text(path.read_text() + table)
+    rule = LesionVerifier.from_manifest(weights, device="cpu").candidate_score
+    assert rule.threshold == -0.7
+    # logit(0.5) = 0; (0.75 - 0.5) / 0.25 = 1; (log 20 - 2) / 0.5; (log 4 - 1) / 1
+    expected = 3 * 0 + 2 * 1 - (np.log(20) - 2) / 0.5 + 0.5 * (np.log(4) - 1) - 1
+    assert rule(0.75, 0.5, 20.0, 4) == pytest.approx(expected)
+    path.write_text(path.read_text().replace('"log_crops"]', '"crops"]'))
+    with pytest.raises(ModelLoadError, match="candidate_score.*features"):  # other features are not misread
+        LesionVerifier.from_manifest(weights, device="cpu")
+
+
 class AirDetector:
     """One box in the air outside the body on every slice: never a lesion."""
 
