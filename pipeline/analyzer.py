@@ -53,7 +53,7 @@ class Classifier(Protocol):
 
 class Verifier(Protocol):
     input_mode: str
-    threshold: float  # p(lesion) a candidate needs to be reported
+    threshold: float  # p(lesion) a candidate below accept_conf needs to be reported (without a candidate score)
     candidate_conf: float | None  # the lowest detector confidence it is asked about (None: the detector's lesion_conf)
     accept_conf: float | None  # where the lower bar starts (None: the detector's lesion_conf)
     confident_threshold: float  # p(lesion) a candidate at or above accept_conf needs
@@ -77,6 +77,11 @@ class Analyzer:
         self.models = models
         self.options = options
         self.verifier = verifier
+        rule = getattr(verifier, "candidate_score", None)
+        if rule is not None and rule.max_crops_per_view not in (None, options.max_crops_per_view):
+            # the score counts crops: another cap would shift every candidate's score against its bar
+            raise ValueError(f"the verifier's candidate score was fitted with max_crops_per_view "
+                             f"{rule.max_crops_per_view}, the analyzer uses {options.max_crops_per_view}")
 
     @classmethod
     def from_weights(cls, weights_dir: Path, device: str | None = None,
@@ -203,14 +208,14 @@ class Analyzer:
         t = time.perf_counter()
         owners_arr = np.array(owners)
         reported: list[np.ndarray] = []
-        rejected = 0
+        rejected = unseen = 0
         for lesion in lesions:
             rows = np.flatnonzero(owners_arr == lesion.index) if owners else np.array([], dtype=int)
             top = max(v.confidence for v in lesion.views)
             unsure = self.verifier is not None and top < accept_conf
             if rows.size == 0:
                 if unsure:  # a candidate for the verifier with nothing it could look at
-                    rejected += 1
+                    unseen += 1
                 else:
                     result.notes.append(f"lesion {lesion.index} too small to classify "
                                         f"({lesion.primary.long_axis_mm:.1f} mm)")
@@ -236,6 +241,9 @@ class Analyzer:
             elif self.verifier.confident_threshold > 0:
                 bars += f", or < {self.verifier.confident_threshold:g} at detector confidence >= {accept_conf:g}"
             result.notes.append(f"{rejected} detector candidate(s) rejected by the lesion verifier ({bars})")
+        if unseen:
+            result.notes.append(f"{unseen} detector candidate(s) below confidence {accept_conf:g} not reported: "
+                                f"too small to crop for the lesion verifier")
         if reported:  # the paper's patient averaging: all crops of all reported lesions
             result.case = decide(logits.select(np.concatenate(reported)))
         result.timings_s["aggregate"] = time.perf_counter() - t

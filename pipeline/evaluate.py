@@ -306,8 +306,9 @@ def at_p_lesion(results: dict[str, dict], p_lesion: float, accept_conf: float = 
 
 def at_candidate_score(results: dict[str, dict], rule: CandidateScore, threshold: float | None = None) -> dict[str, dict]:
     """Results as ``rule`` (at ``threshold``, default its own) would have left them, for a run that kept every
-    candidate (p_lesion 0). Near-exact: the result file rounds p(lesion) and confidences to 4 decimals and sizes
-    to 0.1 mm, so a candidate within about 0.01 of the bar may fall the other way. A lesion without a verifier
+    candidate (p_lesion 0, no ``[candidate_score]``). Near-exact: the result file rounds p(lesion) to 6 decimals,
+    confidences to 4 and sizes to 0.1 mm, so a candidate within about 0.02 of the bar may fall the other way
+    (runs written before p(lesion) kept 6 decimals: up to about 0.1 near p 0 or 1). A lesion without a verifier
     probability stays, as in ``at_p_lesion``."""
     bar = rule.threshold if threshold is None else threshold
 

@@ -18,8 +18,8 @@ def is_reported(detector_confidence: float, p_lesion: float | None, accept_conf:
     return p_lesion >= p_threshold or (detector_confidence >= accept_conf and p_lesion >= p_confident)
 
 
-# Without a clip, a verifier sure to many decimals would outweigh every other feature; the result
-# file keeps p(lesion) to 4 decimals, so a saved run re-scores to the analyzer's decision.
+# Without a clip, a verifier sure to many decimals would outweigh every other feature (the clip also
+# bounds what p(lesion) alone can veto: a confident, persistent detection can outweigh it).
 _P_CLIP = 1e-4
 FEATURES = ("logit_p_lesion", "detector_confidence", "log_long_axis_mm", "log_crops")
 
@@ -43,10 +43,14 @@ class CandidateScore:
     weights: tuple[float, ...]
     bias: float
     threshold: float
+    max_crops_per_view: int | None = None  # the analyzer setting the crop counts were fitted with
 
     def __post_init__(self) -> None:
         if not len(self.mean) == len(self.scale) == len(self.weights) == len(FEATURES):
             raise ValueError(f"candidate_score needs {len(FEATURES)} means, scales and weights ({', '.join(FEATURES)})")
+        numbers = (*self.mean, *self.scale, *self.weights, self.bias, self.threshold)
+        if not all(math.isfinite(v) for v in numbers):  # TOML allows nan and inf: either would decide every candidate
+            raise ValueError("candidate_score numbers must be finite")
         if not all(s > 0 for s in self.scale):
             raise ValueError("candidate_score scales must be positive")
 
@@ -54,14 +58,19 @@ class CandidateScore:
     def from_table(cls, table: dict) -> "CandidateScore":
         """From a manifest table; its ``features`` must name ``FEATURES`` in order (a table written for other
         features is refused rather than misread)."""
+        if not isinstance(table, dict):
+            raise ValueError("candidate_score must be a table")
         if tuple(table.get("features", ())) != FEATURES:
             raise ValueError(f"candidate_score features {table.get('features')} != {list(FEATURES)}")
+        crops = table.get("max_crops_per_view")
         return cls(*(tuple(float(v) for v in table[k]) for k in ("mean", "scale", "weights")),
-                   bias=float(table["bias"]), threshold=float(table["threshold"]))
+                   bias=float(table["bias"]), threshold=float(table["threshold"]),
+                   max_crops_per_view=None if crops is None else int(crops))
 
     def to_table(self) -> dict:
-        return {"features": list(FEATURES), "mean": list(self.mean), "scale": list(self.scale),
-                "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold}
+        table = {"features": list(FEATURES), "mean": list(self.mean), "scale": list(self.scale),
+                 "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold}
+        return table | ({} if self.max_crops_per_view is None else {"max_crops_per_view": self.max_crops_per_view})
 
     def score(self, features: np.ndarray) -> float:
         z = (np.asarray(features) - self.mean) / np.asarray(self.scale)

@@ -104,7 +104,8 @@ def _lesion(r: LesionResult) -> dict:
         "short_axis_mm": round(p.short_axis_mm, 1),
         "volume_ml": round(p.volume_ml, 2),
         "phases": list(les.phases),
-        "p_lesion": _num(r.p_lesion),
+        # 6 decimals: near 0 or 1, 4 would move the candidate score's logit by more than its bar's step
+        "p_lesion": None if r.p_lesion is None else round(float(r.p_lesion), 6),
         "candidate_score": _num(r.candidate_score),
         "size_method": "detector box (long/short side on the key slice; volume as stacked ellipses)",
         "views": [

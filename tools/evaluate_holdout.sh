@@ -17,7 +17,8 @@ seed=${SEED:-9100}  # SEED=8100: the validation set that picks thresholds; 9100:
 # larger validation set (all 20 per class) for the verifier's rule; 9600: the verifier's two-bar rule
 # (fixed on 8100 + 8200) beside the rule before it; 9700: the pipeline's fragment join beside the
 # pipeline without it; 9800: the verifier rule chosen for recall beside the shipped rule (one run at
-# p_lesion 0 scores both), then the shipped system once more
+# p_lesion 0 scores both), then the shipped system once more; 9900: verifier 0.2.1's candidate score
+# beside the two bars (one run at p_lesion 0 scores both), then 0.2.1 as shipped. Next fresh seed: 10000
 index=0
 for cls in HCC ICC MET FNH HEM CYST none; do
   if [ ! -d "$out/truth/$cls" ]; then

@@ -82,7 +82,7 @@ class LesionVerifier:
             score = entry.get("candidate_score")
             candidate_score = None if score is None else CandidateScore.from_table(score)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{path.name}: [candidate_score] is malformed ({exc})") from exc
+            raise ModelLoadError(f"{path.name}: [candidate_score] is malformed ({exc!r})") from exc
         if classes != CLASSES:
             raise ModelLoadError(f"{path.name}: classes {classes} != {CLASSES}")
         loaded = load_lilnet_checkpoint(weights_file(weights_dir, file, path.name), sha,

@@ -1,7 +1,8 @@
 """Fit the verifier manifest's ``[candidate_score]`` (``pipeline.reporting_rule.CandidateScore``) on a validation run.
 
-The run is the node's own output on validation phantoms with the verifier at p_lesion 0, so every
-candidate is in its result files with the values the score weighs. Each candidate is labelled by
+The run is the node's own output on validation phantoms with the verifier's manifest at p_lesion 0
+and without a ``[candidate_score]`` table (which would decide instead), so every candidate is in its
+result files with the values the score weighs. Each candidate is labelled by
 whether it touches a true lesion (a box at IoU >= 0.1 on one image). A logistic regression is fitted on
 the standardised features; its bar is the F1-best of lesion-level detection (``pipeline.evaluate``,
 one-to-one) on out-of-fold scores, folds made of whole studies, so the bar is not chosen on scores
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.analyzer import AnalyzerOptions
 from pipeline.evaluate import (CaseTruth, _box_key, at_candidate_score, at_lesion_conf, detection_metrics,
                                load_phantom_truth, load_results, saved_features)
 from pipeline.lesions import box_iou
@@ -28,6 +30,13 @@ BARS = np.round(np.linspace(-4.0, 4.0, 81), 2)
 def touches_truth(les: dict, truth: CaseTruth, iou: float = 0.1) -> bool:
     return any(box_iou(b["xyxy"], tb) >= iou for v in les["views"] for b in v["boxes"]
                for _, tb in truth.boxes.get(_box_key(b), []))
+
+
+def filtered_runs(results: dict[str, dict]) -> int:
+    """How many studies were filtered by a verifier rule, so that their rejected candidates are missing."""
+    return sum(1 for res in results.values()
+               if any(les.get("candidate_score") is not None for les in res["lesions"])
+               or any("rejected by the lesion verifier" in note for note in res.get("notes", [])))
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 50) -> tuple[np.ndarray, float]:
@@ -95,17 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--l2", type=float, default=1e-2)
+    ap.add_argument("--max-crops-per-view", type=int, default=AnalyzerOptions().max_crops_per_view,
+                    help="the analyzer setting of the run (recorded: the score counts crops)")
     args = ap.parse_args(argv)
     results = at_lesion_conf(load_results(args.results), args.candidate_conf)
     truths = load_phantom_truth(args.truth)
     if not truths:
         ap.error(f"no labels.json under {args.truth}")
+    if filtered := filtered_runs(results):
+        ap.error(f"{filtered} result(s) were filtered by the verifier (a candidate score, or a p_lesion bar): "
+                 f"fit on a run with p_lesion 0 and no [candidate_score] in the verifier manifest")
     rows = out_of_fold(results, truths, args.folds, args.seed, args.l2)
     best = max(rows, key=lambda r: (r["f1"], r["recall"]))
     for r in rows[::5]:
         print(f"bar {r['bar']:+.1f}: recall {r['recall']:.3f} precision {r['precision']:.3f} F1 {r['f1']:.3f}")
     fitted = fit_rule(results, truths, args.l2)
-    rule = CandidateScore(fitted.mean, fitted.scale, fitted.weights, fitted.bias, best["bar"])
+    rule = CandidateScore(fitted.mean, fitted.scale, fitted.weights, fitted.bias, best["bar"], args.max_crops_per_view)
     print(f"# out-of-fold ({args.folds} folds of whole studies, {len(truths)} studies), F1-best bar {best['bar']:+.1f}: "
           f"recall {best['recall']:.3f}, precision {best['precision']:.3f}, F1 {best['f1']:.3f}")
     print("[candidate_score]")

@@ -327,7 +327,7 @@ def test_a_verifier_with_a_second_bar_vetoes_a_confident_false_candidate(phantom
 
 
 def test_a_verifier_with_a_candidate_score_lets_the_score_decide(phantom, tmp_path):
-    from pipeline.evaluate import at_candidate_score
+    from pipeline.evaluate import at_candidate_score, saved_features
     from pipeline.reporting_rule import CandidateScore
 
     out, _ = phantom
@@ -355,6 +355,12 @@ def test_a_verifier_with_a_candidate_score_lets_the_score_decide(phantom, tmp_pa
     decided = Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).to_dict()
     rescored = at_candidate_score({study_uid: everything}, rule)[study_uid]
     assert [les["index"] for les in rescored["lesions"]] == [les["index"] for les in decided["lesions"]] != []
+    for les in everything["lesions"]:  # the saved features are the analyzer's, in the same order
+        assert rule.score(saved_features(les)) == pytest.approx(les["candidate_score"], abs=0.02)
+    fitted_for_more = CandidateScore(rule.mean, rule.scale, rule.weights, rule.bias, 0.0, max_crops_per_view=10)
+    verifier.candidate_score = fitted_for_more
+    with pytest.raises(ValueError, match="fitted with max_crops_per_view 10, the analyzer uses 5"):
+        Analyzer(detector, FixedClassifier(), [], verifier=verifier)
 
 
 def test_with_a_verifier_the_detector_proposes_down_to_its_candidate_conf(phantom):

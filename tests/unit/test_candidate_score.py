@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluate import CaseTruth, at_candidate_score
+from pipeline.evaluate import CaseTruth, at_candidate_score, saved_features
 from pipeline.reporting_rule import FEATURES, CandidateScore, candidate_features
-from pipeline.train.candidate_score import fit_logistic, fit_rule, folds_by_study, out_of_fold, touches_truth
+from pipeline.train.candidate_score import (filtered_runs, fit_logistic, fit_rule, folds_by_study, out_of_fold,
+                                           touches_truth)
 
 ONLY_P = CandidateScore((0.0,) * 4, (1.0,) * 4, (1.0, 0.0, 0.0, 0.0), 0.0, 0.0)  # the verifier's logit alone
 
@@ -20,14 +21,32 @@ def test_features_clip_a_certain_verifier_and_floor_tiny_sizes():
     assert candidate_features(0.4, 0.5, 20.0, 4)[0] == 0.0
 
 
+def test_a_saved_lesion_gives_the_features_the_analyzer_scored():
+    les = _lesion(0.8, (0, 0, 10, 10), conf=0.3, long_mm=12.0, crops=6)
+    les["views"].append({"detector_confidence": 0.7, "boxes": []})  # the best view's confidence counts
+    np.testing.assert_array_equal(saved_features(les), candidate_features(0.7, 0.8, 12.0, 6))
+
+
+def test_a_run_already_filtered_by_the_verifier_is_recognised():
+    clean = {"s": {"lesions": [{**_lesion(0.1, (0, 0, 9, 9)), "candidate_score": None}], "notes": []}}
+    assert filtered_runs(clean) == 0
+    assert filtered_runs({"s": {"lesions": [{**_lesion(0.9, (0, 0, 9, 9)), "candidate_score": 1.2}], "notes": []}}) == 1
+    assert filtered_runs({"s": {"lesions": [], "notes": ["2 detector candidate(s) rejected by the lesion verifier "
+                                                         "(p(lesion) < 0.93)"]}}) == 1
+
+
 def test_a_score_with_the_wrong_shape_or_scale_is_refused():
     with pytest.raises(ValueError, match="4 means"):
         CandidateScore((0.0,) * 3, (1.0,) * 3, (1.0,) * 3, 0.0, 0.0)
     with pytest.raises(ValueError, match="positive"):
         CandidateScore((0.0,) * 4, (1.0, 0.0, 1.0, 1.0), (1.0,) * 4, 0.0, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        CandidateScore((0.0,) * 4, (1.0,) * 4, (1.0,) * 4, float("inf"), 0.0)
     with pytest.raises(ValueError, match="features"):
         CandidateScore.from_table({**ONLY_P.to_table(), "features": list(reversed(FEATURES))})
     assert CandidateScore.from_table(ONLY_P.to_table()) == ONLY_P
+    with_cap = CandidateScore(ONLY_P.mean, ONLY_P.scale, ONLY_P.weights, 0.0, 0.0, max_crops_per_view=5)
+    assert CandidateScore.from_table(with_cap.to_table()) == with_cap
 
 
 def _lesion(p, box, conf=0.5, long_mm=10.0, crops=4, sop="img"):

@@ -116,9 +116,14 @@ def test_verifier_reads_a_candidate_score_from_the_manifest(tmp_path):
     # logit(0.5) = 0; (0.75 - 0.5) / 0.25 = 1; (log 20 - 2) / 0.5; (log 4 - 1) / 1
     expected = 3 * 0 + 2 * 1 - (np.log(20) - 2) / 0.5 + 0.5 * (np.log(4) - 1) - 1
     assert rule(0.75, 0.5, 20.0, 4) == pytest.approx(expected)
-    path.write_text(path.read_text().replace('"log_crops"]', '"crops"]'))
-    with pytest.raises(ModelLoadError, match="candidate_score.*features"):  # other features are not misread
-        LesionVerifier.from_manifest(weights, device="cpu")
+    good = path.read_text()
+    for broken, message in ((good.replace('"log_crops"]', '"crops"]'), "candidate_score.*features"),  # not misread
+                            (good.replace("threshold = -0.7", "threshold = nan"), "finite"),  # would reject all
+                            (good.replace("bias = -1\n", ""), "bias"),
+                            ("candidate_score = 1\n" + good.replace("[candidate_score]", "[other]"), "must be a table")):
+        path.write_text(broken)
+        with pytest.raises(ModelLoadError, match=message):
+            LesionVerifier.from_manifest(weights, device="cpu")
 
 
 class AirDetector:
