@@ -144,6 +144,12 @@ def max_matching(edges: dict) -> dict:
     return {left: right for right, left in owner.items()}
 
 
+def touched_lesions(les: dict, truth: CaseTruth, iou: float) -> set:
+    """The true lesions a predicted lesion touches: any of its boxes matches one of theirs at ``iou``."""
+    return {lesion_id for view in les["views"] for b in view["boxes"]
+            for lesion_id, tb in truth.boxes.get(_box_key(b), []) if box_iou(b["xyxy"], tb) >= iou}
+
+
 def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) -> dict:
     """Boxes are matched one-to-one per image, lesions one-to-one per study (a predicted and a true
     lesion pair when any of their boxes match): a true lesion reported twice, as fragments or as
@@ -167,9 +173,7 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
                 matched = max_matching({j: {i for i, pb in enumerate(p) if box_iou(pb, tb) >= thr}
                                         for j, (_, tb) in enumerate(t)})
                 tp, fn, fp = tp + len(matched), fn + len(t) - len(matched), fp + len(p) - len(matched)
-            edges = {k: {lesion_id for view in les["views"] for b in view["boxes"]
-                         for lesion_id, tb in truth.boxes.get(_box_key(b), []) if box_iou(b["xyxy"], tb) >= thr}
-                     for k, les in enumerate(lesions)}
+            edges = {k: touched_lesions(les, truth, thr) for k, les in enumerate(lesions)}
             pairs = max_matching(edges)
             pred_lesions += len(lesions)
             true_pred_lesions += len(pairs)
@@ -311,7 +315,6 @@ def at_candidate_score(results: dict[str, dict], rule: CandidateScore, threshold
     (runs written before p(lesion) kept 6 decimals: up to about 0.1 near p 0 or 1). A lesion without a verifier
     probability stays, as in ``at_p_lesion``."""
     bar = rule.threshold if threshold is None else threshold
-
     return _keep_lesions(results, lambda les: les.get("p_lesion") is None or rule.score(saved_features(les)) >= bar)
 
 

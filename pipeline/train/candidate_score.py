@@ -19,17 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.analyzer import AnalyzerOptions
-from pipeline.evaluate import (CaseTruth, _box_key, at_candidate_score, at_lesion_conf, detection_metrics,
-                               load_phantom_truth, load_results, saved_features)
-from pipeline.lesions import box_iou
+from pipeline.evaluate import (CaseTruth, at_candidate_score, at_lesion_conf, detection_metrics, load_phantom_truth,
+                               load_results, saved_features, touched_lesions)
 from pipeline.reporting_rule import CandidateScore
 
 BARS = np.round(np.linspace(-4.0, 4.0, 81), 2)
 
 
 def touches_truth(les: dict, truth: CaseTruth, iou: float = 0.1) -> bool:
-    return any(box_iou(b["xyxy"], tb) >= iou for v in les["views"] for b in v["boxes"]
-               for _, tb in truth.boxes.get(_box_key(b), []))
+    return bool(touched_lesions(les, truth, iou))
 
 
 def filtered_runs(results: dict[str, dict]) -> int:

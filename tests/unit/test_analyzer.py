@@ -306,12 +306,17 @@ def test_verifier_rejects_the_false_candidate_and_keeps_the_lesion(phantom):
     assert result.to_dict()["lesions"][0]["p_lesion"] == pytest.approx(1.0, abs=1e-3)
 
 
-def test_a_verifier_with_a_second_bar_vetoes_a_confident_false_candidate(phantom):
+def _lesion_and_air_box(phantom):
+    """The phantom study and a detector that finds its lesion and a box in the air, both at 0.9 (lesion_conf 0.85)."""
     out, _ = phantom
     (study_uid, series), = scan_studies(out).items()
-    inputs = study_inputs(series, PhaseRules())
-    detector = OracleAndAirDetector(_oracle(out).boxes)  # the lesion and the air box, both at 0.9
+    detector = OracleAndAirDetector(_oracle(out).boxes)
     detector.lesion_conf = 0.85
+    return study_uid, study_inputs(series, PhaseRules()), detector
+
+
+def test_a_verifier_with_a_second_bar_vetoes_a_confident_false_candidate(phantom):
+    study_uid, inputs, detector = _lesion_and_air_box(phantom)
     verifier = BrightCentreVerifier()
     verifier.candidate_conf, verifier.threshold = 0.5, 0.99
     verifier.accept_conf, verifier.confident_threshold = 0.8, 0.3  # the verifier's own accept_conf, not 0.85
@@ -326,15 +331,11 @@ def test_a_verifier_with_a_second_bar_vetoes_a_confident_false_candidate(phantom
     assert Analyzer(detector, FixedClassifier(), [], verifier=verifier).run_study(study_uid, inputs).lesions == []
 
 
-def test_a_verifier_with_a_candidate_score_lets_the_score_decide(phantom, tmp_path):
+def test_a_verifier_with_a_candidate_score_lets_the_score_decide(phantom):
     from pipeline.evaluate import at_candidate_score, saved_features
     from pipeline.reporting_rule import CandidateScore
 
-    out, _ = phantom
-    (study_uid, series), = scan_studies(out).items()
-    inputs = study_inputs(series, PhaseRules())
-    detector = OracleAndAirDetector(_oracle(out).boxes)  # the lesion and the air box, both at 0.9
-    detector.lesion_conf = 0.85
+    study_uid, inputs, detector = _lesion_and_air_box(phantom)
     verifier = BrightCentreVerifier()
     verifier.candidate_conf, verifier.threshold = 0.5, 0.0  # the two bars alone would keep both
     verifier.candidate_score = CandidateScore((0.0,) * 4, (1.0,) * 4, (1.0, 0.0, 0.0, 0.0), 0.0, 0.0)
