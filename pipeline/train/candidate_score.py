@@ -13,6 +13,7 @@ the model was fitted to.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows[::5]:
         print(f"bar {r['bar']:+.1f}: recall {r['recall']:.3f} precision {r['precision']:.3f} F1 {r['f1']:.3f}")
     fitted = fit_rule(results, truths, args.l2)
-    rule = CandidateScore(fitted.mean, fitted.scale, fitted.weights, fitted.bias, best["bar"], args.max_crops_per_view)
+    rule = dataclasses.replace(fitted, threshold=best["bar"], max_crops_per_view=args.max_crops_per_view)
     print(f"# out-of-fold ({args.folds} folds of whole studies, {len(truths)} studies), F1-best bar {best['bar']:+.1f}: "
           f"recall {best['recall']:.3f}, precision {best['precision']:.3f}, F1 {best['f1']:.3f}")
     print("[candidate_score]")
