@@ -208,7 +208,7 @@ class Analyzer:
         t = time.perf_counter()
         owners_arr = np.array(owners)
         reported: list[np.ndarray] = []
-        rejected = unseen = 0
+        rejected = unseen = too_small = 0
         for lesion in lesions:
             rows = np.flatnonzero(owners_arr == lesion.index) if owners else np.array([], dtype=int)
             top = max(v.confidence for v in lesion.views)
@@ -217,6 +217,7 @@ class Analyzer:
                 if unsure:  # a candidate for the verifier with nothing it could look at
                     unseen += 1
                 else:
+                    too_small += 1
                     result.notes.append(f"lesion {lesion.index} too small to classify "
                                         f"({lesion.primary.long_axis_mm:.1f} mm)")
                 continue
@@ -244,6 +245,8 @@ class Analyzer:
         if unseen:
             result.notes.append(f"{unseen} detector candidate(s) below confidence {accept_conf:g} not reported: "
                                 f"too small to crop for the lesion verifier")
+        result.candidates = {"proposed": len(lesions), "reported": len(result.lesions),
+                             "rejected_by_verifier": rejected, "too_small": unseen + too_small}
         if reported:  # the paper's patient averaging: all crops of all reported lesions
             result.case = decide(logits.select(np.concatenate(reported)))
         result.timings_s["aggregate"] = time.perf_counter() - t

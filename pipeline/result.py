@@ -49,6 +49,9 @@ class StudyResult:
     models: list[ModelInfo] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # what became of the detector's candidates: proposed, reported, rejected_by_verifier, too_small
+    # (None when the study was not analysed); lets a reader, and the score trainer, see a filtered run
+    candidates: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +62,7 @@ class StudyResult:
             "phase_mode": self.phase_mode,
             "case": _case(self.case),
             "lesions": [_lesion(r) for r in self.lesions],
+            "candidates": self.candidates,
             "phases": [
                 {"series_uid": s.series_uid, "phase": s.phase, "reason": s.reason, "used": s.used, "notes": list(s.notes)}
                 for s in self.series

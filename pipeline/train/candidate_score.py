@@ -35,7 +35,7 @@ def filtered_runs(results: dict[str, dict]) -> int:
     """How many studies were filtered by a verifier rule, so that their rejected candidates are missing."""
     return sum(1 for res in results.values()
                if any(les.get("candidate_score") is not None for les in res["lesions"])
-               or any("rejected by the lesion verifier" in note for note in res.get("notes", [])))
+               or (res.get("candidates") or {}).get("rejected_by_verifier", 0) > 0)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 50) -> tuple[np.ndarray, float]:

@@ -253,7 +253,20 @@ def test_lesion_needs_one_box_above_the_lesion_threshold(phantom):
     oracle.lesion_conf = 0.95
     assert Analyzer(oracle, FixedClassifier(), []).run_study(study_uid, inputs).lesions == []
     oracle.lesion_conf = 0.85
-    assert len(Analyzer(oracle, FixedClassifier(), []).run_study(study_uid, inputs).lesions) == 1
+    found = Analyzer(oracle, FixedClassifier(), []).run_study(study_uid, inputs)
+    assert len(found.lesions) == 1 and found.candidates["reported"] == 1
+
+
+def test_a_candidate_too_small_to_crop_is_counted_and_noted_not_reported(phantom):
+    out, _ = phantom
+    (study_uid, series), = scan_studies(out).items()
+    oracle = _oracle(out)
+    oracle.lesion_conf = 0.85
+    result = Analyzer(oracle, FixedClassifier(), [], options=AnalyzerOptions(min_crop_px=1000.0)).run_study(
+        study_uid, study_inputs(series, PhaseRules()))
+    assert result.lesions == [] and result.case is None
+    assert result.candidates == {"proposed": 1, "reported": 0, "rejected_by_verifier": 0, "too_small": 1}
+    assert any("too small to classify" in n for n in result.notes)
 
 
 class OracleAndAirDetector(OracleDetector):
@@ -302,6 +315,8 @@ def test_verifier_rejects_the_false_candidate_and_keeps_the_lesion(phantom):
     assert kept.p_lesion == pytest.approx(1 / (1 + np.exp(-8.0)))
     assert result.case.crops == kept.decision.crops  # the case averages reported lesions only
     assert any("1 detector candidate(s) rejected by the lesion verifier" in n for n in result.notes)
+    assert result.to_dict()["candidates"] == {"proposed": 2, "reported": 1, "rejected_by_verifier": 1, "too_small": 0}
+    assert sure.candidates["rejected_by_verifier"] == 0 and unverified.candidates["reported"] == 2
     assert "verify" in result.timings_s
     assert result.to_dict()["lesions"][0]["p_lesion"] == pytest.approx(1.0, abs=1e-3)
 
@@ -343,6 +358,7 @@ def test_a_verifier_with_a_candidate_score_lets_the_score_decide(phantom):
     (kept,) = result.lesions  # logit(p) ~ +8 for the lesion, ~ -8 for the air box, against bar 0
     assert kept.p_lesion > 0.99 and kept.candidate_score == pytest.approx(8.0)  # mean logit difference 8
     assert any("1 detector candidate(s) rejected by the lesion verifier (candidate score < 0)" in n for n in result.notes)
+    assert result.candidates == {"proposed": 2, "reported": 1, "rejected_by_verifier": 1, "too_small": 0}
     assert result.to_dict()["lesions"][0]["candidate_score"] == pytest.approx(kept.candidate_score, abs=1e-4)
     # the detector's confidence alone, with a bar above 0.9: nothing is reported
     verifier.candidate_score = CandidateScore((0.0,) * 4, (1.0,) * 4, (0.0, 1.0, 0.0, 0.0), 0.0, 0.95)

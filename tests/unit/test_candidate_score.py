@@ -31,8 +31,8 @@ def test_a_run_already_filtered_by_the_verifier_is_recognised():
     clean = {"s": {"lesions": [{**_lesion(0.1, (0, 0, 9, 9)), "candidate_score": None}], "notes": []}}
     assert filtered_runs(clean) == 0
     assert filtered_runs({"s": {"lesions": [{**_lesion(0.9, (0, 0, 9, 9)), "candidate_score": 1.2}], "notes": []}}) == 1
-    assert filtered_runs({"s": {"lesions": [], "notes": ["2 detector candidate(s) rejected by the lesion verifier "
-                                                         "(p(lesion) < 0.93)"]}}) == 1
+    assert filtered_runs({"s": {"lesions": [], "candidates": {"proposed": 2, "rejected_by_verifier": 2}}}) == 1
+    assert filtered_runs({"s": {"lesions": [], "candidates": None}}) == 0  # not analysed
 
 
 def test_a_score_with_the_wrong_shape_or_scale_is_refused():
