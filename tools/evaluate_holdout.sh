@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy report of the shipped weights: a held-out phantom set (seed 9100, never used in
 # training: detector 1000, classifiers 2000/3000, tests 7xxx), 20 cases per lesion class plus 20
-# normal cases, AP+PVP, 40 slices x 5 mm; then `liver-node run` and `liver-node evaluate`.
+# normal cases, AP+PVP (PHASES=PVP: one phase), 40 slices x 5 mm; then `liver-node run` and `liver-node evaluate`.
 #   bash tools/evaluate_holdout.sh /tmp/holdout [WEIGHTS_DIR]
 # JOBS=N analyses the class folders in N processes of one torch thread each (studies are independent).
 set -euo pipefail
@@ -18,12 +18,13 @@ seed=${SEED:-9100}  # SEED=8100: the validation set that picks thresholds; 9100:
 # (fixed on 8100 + 8200) beside the rule before it; 9700: the pipeline's fragment join beside the
 # pipeline without it; 9800: the verifier rule chosen for recall beside the shipped rule (one run at
 # p_lesion 0 scores both), then the shipped system once more; 9900: verifier 0.2.1's candidate score
-# beside the two bars (one run at p_lesion 0 scores both), then 0.2.1 as shipped. Next fresh seed: 10000
+# beside the two bars (one run at p_lesion 0 scores both), then 0.2.1 as shipped; 9950: one-phase studies
+# (PHASES=PVP). Next fresh seed: 10000
 index=0
 for cls in HCC ICC MET FNH HEM CYST none; do
   if [ ! -d "$out/truth/$cls" ]; then
     $py -m pipeline.phantom.cli --out "$out/truth/$cls" --cases "$cases" --seed "$seed" --first-index "$index" \
-      --lesion "$cls" --phases AP,PVP --slices 40 --thickness 5 --workers "${WORKERS:-1}" --log-level WARNING
+      --lesion "$cls" --phases "${PHASES:-AP,PVP}" --slices 40 --thickness 5 --workers "${WORKERS:-1}" --log-level WARNING
   fi
   index=$((index + cases))
 done

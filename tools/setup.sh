@@ -39,5 +39,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# ultralytics must never reach the network: see docs/ultralytics-offline notes in the README.
+# ultralytics must never reach the network (pipeline/detect/offline.py says how and why).
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_CONFIG_DIR="$PWD/.yolo"
