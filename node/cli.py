@@ -1,4 +1,4 @@
-"""The ``liver-node`` command: serve, worker, echo, send, status, phantom.
+"""The ``liver-node`` command: serve, worker, echo, send, status, phantom, published-weights.
 
 Exit status: 0 success, 1 operation failed, 2 bad configuration or usage.
 """
@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate-conf", type=float, metavar="C",
                    help="with --lesion-conf-sweep: first drop candidates whose tracks stay below C, as a verifier's "
                         "candidate_conf C would (a run at a lower one)")
+
+    p = sub.add_parser("published-weights",
+                       help="write the manifests the node needs for the published LiLNet weights (Zenodo 12646854)")
+    p.add_argument("dir", type=Path, help="folder holding best.pt, Time_BM.pth.tar, Time_B.pth.tar, Time_M.pth.tar")
+    p.add_argument("--force", action="store_true", help="replace manifests already in DIR")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     p = sub.add_parser("phantom", help="write synthetic multiphase liver CT studies with ground truth", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -178,6 +184,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_folder(analyzer, args.input, args.out)
 
 
+def cmd_published_weights(args: argparse.Namespace) -> int:
+    import json
+    import tomllib
+
+    from pipeline.published import write_published_manifests
+    from pipeline.weights import WeightsError
+
+    if not args.dir.is_dir():
+        print(f"liver-node: not a folder: {args.dir}", file=sys.stderr)
+        return 2
+    try:
+        written = write_published_manifests(args.dir, force=args.force)
+    except FileExistsError as exc:
+        print(f"liver-node: {exc}", file=sys.stderr)
+        return 1
+    except (WeightsError, OSError) as exc:
+        print(f"liver-node: published weights not usable: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    for manifest in written:
+        raw = tomllib.loads(manifest.read_text(encoding="utf-8"))
+        for entry in [raw] if "file" in raw else raw.values():
+            print(f"{entry['file']}: sha256 {entry['sha256']} md5 {entry['md5']}")
+    folder = args.dir.resolve()  # a relative weights_dir in node.toml resolves against the repository, not here
+    print(f"wrote {', '.join(m.name for m in written)} in {folder}")
+    print("the hashes are of the files as found: compare each md5 with the one Zenodo record 12646854 lists")
+    print(f"next: liver-node run INPUT --out OUT --weights {folder}")
+    print(f"  or in node.toml: [pipeline] weights_dir = {json.dumps(str(folder))}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -226,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "evaluate":
         return cmd_evaluate(args)
+    if args.command == "published-weights":
+        return cmd_published_weights(args)
     try:
         if args.command in ("echo", "send"):
             target = Destination.parse(args.target if args.command == "echo" else args.to, "target")

@@ -144,6 +144,18 @@ class LesionDetector:
     def channels(self) -> str:
         return self._manifest.channels
 
+    @property
+    def class_names(self) -> dict[int, str]:
+        """The checkpoint's own class names (the pipeline takes every box as a lesion)."""
+        return dict(getattr(self._model, "names", None) or {})
+
+    @property
+    def architecture(self) -> str | None:
+        """The stem of the model yaml the checkpoint was built from (e.g. yolov8x), when it says."""
+        yaml = getattr(getattr(self._model, "model", None), "yaml", None)
+        yaml_file = yaml.get("yaml_file") if isinstance(yaml, dict) else None
+        return Path(str(yaml_file)).stem if yaml_file else None
+
     def detect(self, slices_u8: np.ndarray, slice_spacing_mm: float | None = None,
                partner_u8: np.ndarray | None = None) -> list[list[Detection]]:
         """Detect lesions on windowed uint8 slices [N, H, W] of one series in slice order (or one [H, W]
