@@ -19,7 +19,7 @@ seed=${SEED:-9100}  # SEED=8100: the validation set that picks thresholds; 9100:
 # pipeline without it; 9800: the verifier rule chosen for recall beside the shipped rule (one run at
 # p_lesion 0 scores both), then the shipped system once more; 9900: verifier 0.2.1's candidate score
 # beside the two bars (one run at p_lesion 0 scores both), then 0.2.1 as shipped; 9950: one-phase studies
-# (PHASES=PVP). Next fresh seed: 10000
+# (PHASES=PVP); 10000: candidate detector 0.6.0 (score refitted) beside the shipped system. Next fresh seed: 10100
 index=0
 for cls in HCC ICC MET FNH HEM CYST none; do
   if [ ! -d "$out/truth/$cls" ]; then
