@@ -2,8 +2,8 @@
 
 The node loads models only through manifests (``detector.manifest.toml``, ``classifiers.manifest.toml``)
 that pin each file's sha256. ``write_published_manifests`` writes both next to the four Zenodo files
-with the published settings (``docs/lilnet-reference.md`` A1-A4). No verifier manifest is written: the
-analyzer runs without one, reporting on the detector's confidence alone.
+with the published settings (``../shared/docs/lilnet-reference.md`` A1-A4, beside the repository).
+No verifier manifest is written: the analyzer runs without one, reporting on the detector's confidence alone.
 
 The hashes are taken from the files as found, so they only pin what the operator downloaded; the
 manifests say so, and carry the md5 too because that is what the Zenodo record lists.
