@@ -2,7 +2,10 @@
 
 pydicom's validation warnings echo attribute values (e.g. ``Invalid value for VR DA: '19CANARY'``)
 and pynetdicom logs request identifiers by default; both could leak PHI into the journal, so the
-first is silenced at the source and the second is turned off and filtered.
+first is silenced at the source and the second is turned off and filtered. Other libraries' warnings
+reach the log through ``py.warnings`` (highdicom quotes a patient name it finds odd): any that quotes
+a value keeps only where it was raised. A third-party record's traceback is cut to the exception type,
+since its last line repeats the message.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ class ThirdPartyRedactor(logging.Filter):
     Our own loggers never format patient attributes; third-party messages cannot be trusted to.
     """
 
-    _PREFIXES = ("pydicom", "pynetdicom")
+    _PREFIXES = ("pydicom", "pynetdicom", "highdicom", "py.warnings")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self._PREFIXES):
@@ -37,9 +40,29 @@ class ThirdPartyRedactor(logging.Filter):
             return False
         message = record.getMessage()
         if "'" in message or '"' in message or "value" in message.lower():
-            record.msg = f"{record.name}: message withheld (may contain attribute values)"
+            where = message.split(": ", 1)[0] if record.name == "py.warnings" else record.name
+            record.msg = f"{where}: message withheld (may contain attribute values)"
             record.args = ()
+        if record.exc_info:
+            record.msg = f"{record.msg} ({record.exc_info[0].__name__}; traceback withheld)"
+            record.exc_info = record.exc_text = None
         return True
+
+
+def safe_reason(exc: BaseException) -> str:
+    """An exception as a recorded failure reason (logs, ``liver-node status``). A message raised inside a
+    library may quote attribute values (pydicom: "Unable to convert '<birth date>'"): when it quotes
+    anything it is replaced by the library's name; ours, and an OS error's number and text, are kept."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] if tb is not None else ""
+    text = str(exc)
+    if package in ("pipeline", "node") or not ("'" in text or '"' in text):
+        return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__} raised in {package or 'a library'}: message withheld (may quote attribute values)"
 
 
 def quiet_third_party() -> None:

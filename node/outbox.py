@@ -166,9 +166,18 @@ class OutboxSender:
                     continue
                 try:
                     ds = pydicom.dcmread(row["path"])
+                except OSError as exc:  # missing or unreadable: may come back (a remount), so retried
+                    self._failed(row, SendOutcome(False, False, f"cannot read: {type(exc).__name__}"))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a corrupt file: resending it cannot help
+                    self._failed(row, SendOutcome(False, True, f"cannot read: {type(exc).__name__}"))
+                    continue
+                try:
                     # pynetdicom converts between the uncompressed syntaxes the peer accepted.
                     status = assoc.send_c_store(ds)
-                except (OSError, ValueError, AttributeError) as exc:
+                except Exception as exc:  # noqa: BLE001 - one instance must not stall the rows behind it
+                    # ValueError: not encodable in what the peer accepted; anything else (the peer
+                    # aborted mid-send) is retried
                     self._failed(row, SendOutcome(False, isinstance(exc, ValueError),
                                                   f"cannot send: {type(exc).__name__}"))
                     continue

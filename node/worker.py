@@ -24,7 +24,7 @@ from pipeline.series import RESOURCE_ERRNOS
 from .config import Settings
 from .index import Index
 from .jobs import Job, JobQueue
-from .logs import kv
+from .logs import kv, safe_reason
 from .outbox import enqueue
 from .sdnotify import Notifier
 from .spool import Spool
@@ -221,7 +221,7 @@ class Worker:
                     outcome["error"] = f"not analysed: {result.reason}"
                 outcome["finished"] = True
             except Exception as exc:  # the pipeline's failure becomes the job's recorded reason
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
+                outcome["error"] = safe_reason(exc)
                 outcome["transient"] = transient_failure(exc)
 
         thread = threading.Thread(target=target, name=f"job-{job.id}", daemon=True)

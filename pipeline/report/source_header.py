@@ -5,6 +5,9 @@ number, study ID); highdicom reads them unconditionally, so they are added empty
 A source with code extensions (e.g. Japanese, "\\ISO 2022 IR 87") stores an empty first Specific
 Character Set value, meaning the default repertoire; highdicom refuses the empty value, so it is
 named ("ISO 2022 IR 6").
+A value highdicom cannot parse (a birth date "1980-05-12", a sex "Male") would fail the whole result
+and put the value in the error; such a value is left empty in the results, as Type 2 allows, and the
+source keeps it.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import copy
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.valuerep import DA, TM
 
 from .. import header_values
 
@@ -19,11 +23,28 @@ TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Accessio
          "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
+PARSED = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
+SEXES = ("M", "F", "O")
+
+
+def _parses(parse, value: object) -> bool:
+    try:
+        parse(str(value))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def reference_header(ds: Dataset) -> Dataset:
     ref = copy.copy(ds)  # shallow: only top-level elements are added or replaced
     for keyword in TYPE2:
         if keyword not in ref:
             setattr(ref, keyword, None)
+    for keyword, parse in PARSED.items():
+        if ref.get(keyword) and not _parses(parse, ref.get(keyword)):
+            setattr(ref, keyword, None)
+    if ref.get("PatientSex") and ref.PatientSex not in SEXES:
+        ref.PatientSex = None
     charset = ref.get("SpecificCharacterSet")
     if charset is not None and not isinstance(charset, str) and len(charset) > 1 and not charset[0]:
         ref.SpecificCharacterSet = ["ISO 2022 IR 6", *list(charset)[1:]]

@@ -257,3 +257,16 @@ def test_result_uids_carry_the_data_directory_salt(study, tmp_path):
     assert not {u for pair in first for u in pair} & {u for pair in rebuilt for u in pair}
     sr = build_result_objects(result, headers, slices, uid_salt=salts[0])[0]
     assert sr.StudyInstanceUID == result.study_instance_uid  # the study itself is the same
+
+
+def test_header_values_highdicom_cannot_parse_are_left_empty_not_fatal(study):
+    result, headers, slices = study
+    odd = {}
+    for sop, ds in headers.items():
+        ds = copy.deepcopy(ds)
+        ds.PatientBirthDate, ds.StudyTime, ds.PatientSex = "1980-05-12", "10:15:00", "Male"
+        odd[sop] = ds
+    objs = build_result_objects(result, odd, slices, None)
+    for ds in objs:
+        assert not ds.PatientBirthDate and not ds.StudyTime and not ds.PatientSex
+        assert ds.PatientID == next(iter(headers.values())).PatientID and ds.StudyDate

@@ -1,0 +1,58 @@
+"""What reaches the journal from third-party code: values quoted by libraries are withheld."""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import pytest
+from pydicom.valuerep import DA
+
+from node.logs import ThirdPartyRedactor, safe_reason
+from pipeline.series import SeriesError, load_series
+
+
+def _journal(emit) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    handler.addFilter(ThirdPartyRedactor())
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [handler]
+    try:
+        emit()
+    finally:
+        root.handlers[:] = saved
+    return stream.getvalue()
+
+
+def test_a_library_exception_quoting_a_value_is_withheld_ours_and_os_errors_kept():
+    with pytest.raises(ValueError) as raised:
+        DA("CANARY-1980")  # pydicom: "Unable to convert 'CANARY-1980' to 'DA' object"
+    reason = safe_reason(raised.value)
+    assert "CANARY" not in reason and reason.startswith("ValueError raised in pydicom")
+    with pytest.raises(SeriesError) as ours:
+        load_series([])
+    assert safe_reason(ours.value) == "SeriesError: no readable DICOM instance in the series"
+    disk = OSError(28, "No space left on device", "/spool/CANARY.dcm")
+    assert safe_reason(disk) == "OSError: [Errno 28] No space left on device"
+
+
+def test_a_third_party_traceback_and_a_captured_warning_keep_no_value():
+    def emit():
+        try:
+            raise ValueError("bad name 'CANARY^NAME'")
+        except ValueError:
+            logging.getLogger("pynetdicom.events").exception("handler failed")
+        logging.captureWarnings(True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.warn('The string "CANARY NAME" is unlikely to represent the intended person name')
+        finally:
+            logging.captureWarnings(False)
+
+    text = _journal(emit)
+    assert "CANARY" not in text
+    assert "ValueError; traceback withheld" in text and "test_log_redaction.py" in text
