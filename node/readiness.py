@@ -8,7 +8,8 @@ Three rules, checked in this order of precedence (the first that holds names the
    must exist.
 2. ``quiet_period``: no instance arrived for ``quiet_period_s`` seconds.
 3. ``max_wait``: ``max_wait_s`` seconds passed since the first instance, even though instances
-   still trickle in.
+   still trickle in. For a study reopened by instances sent after its analysis, the first instance
+   of the new round (``node.spool``).
 
 When none holds, ``next_check_at`` is the earliest moment rule 2 or 3 can become true
 (``min(last_received + quiet_period_s, first_received + max_wait_s)``); rule 1 can only change on

@@ -359,6 +359,10 @@ class Spool:
                 c.execute(
                     "INSERT INTO studies (study_uid, state, first_received, last_received, last_assoc, calling_aet)"
                     " VALUES (?, 'receiving', ?, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
+                    # a study reopened after its analysis waits from its new first instance: else its
+                    # old first_received meets max_wait at once and every later association re-analyses it
+                    " first_received=CASE WHEN studies.state='receiving' THEN studies.first_received"
+                    " ELSE excluded.first_received END,"
                     " state='receiving', last_received=excluded.last_received, last_assoc=excluded.last_assoc,"
                     " last_assoc_released=0, calling_aet=COALESCE(excluded.calling_aet, studies.calling_aet)",
                     (info.study_uid, received, received, assoc_id, calling_aet),

@@ -119,3 +119,28 @@ def test_enhanced_ct_series_fields_come_from_its_sequences(tmp_path):
         assert (enhanced.contrast_agent is None) == (classic[0].contrast_agent is None)
         assert enhanced.orientation is not None and [float(v) for v in enhanced.orientation.split("\\")] == \
             [float(v) for v in classic[0].orientation.split("\\")]
+
+
+def _store_copy(spool, tmp_path, name: str, study: str, series: str, number: int) -> None:
+    ds = ct_instance(study, series, number, SeriesSpec("AP", 3), rows=16, cols=16)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    temp = spool.incoming / path.name
+    shutil.copy(path, temp)
+    spool.store(temp, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID,
+                assoc_id=name, calling_aet="SCU")
+
+
+def test_a_study_reopened_after_analysis_waits_from_its_new_first_instance(spool, tmp_path):
+    study = uid("spool", "reopen")
+    _store_copy(spool, tmp_path, "a", study, uid("spool", "reopen", "s1"), 0)
+    index = spool.index
+    with index.transaction() as c:  # analysed hours ago
+        c.execute("UPDATE studies SET first_received=first_received-7200, state='done' WHERE study_uid=?", (study,))
+    old = index.scalar("SELECT first_received FROM studies WHERE study_uid=?", (study,))
+    _store_copy(spool, tmp_path, "b", study, uid("spool", "reopen", "s2"), 0)  # a series sent later
+    first, last, state = index.query("SELECT first_received, last_received, state FROM studies WHERE study_uid=?",
+                                     (study,))[0]
+    assert state == "receiving" and first == last and first - old > 7000
+    _store_copy(spool, tmp_path, "c", study, uid("spool", "reopen", "s2"), 1)  # while receiving: kept
+    assert index.scalar("SELECT first_received FROM studies WHERE study_uid=?", (study,)) == first
