@@ -102,9 +102,8 @@ class Worker:
         """Write the SR and SCs, then index them in the outbox; both before anything is sent."""
         from pipeline.outputs import write_result_objects
 
-        previous = folder.parent / f"rev-{job.revision - 1}" / "sr.dcm"
-        paths = write_result_objects(result, series, folder, revision=job.revision,
-                                     predecessor_sr=previous if previous.exists() else None,
+        previous = earlier_result(folder, job.revision, "sr.dcm")
+        paths = write_result_objects(result, series, folder, revision=job.revision, predecessor_sr=previous,
                                      heatmap=getattr(self.runner, "heatmap", None), uid_salt=self.index.uid_salt())
         calling = self.index.scalar("SELECT calling_aet FROM studies WHERE study_uid=?", (job.study_uid,))
         destinations = self.settings.destinations_for(calling)
@@ -214,7 +213,7 @@ class Worker:
                 folder = self.results_dir(job)
                 from pipeline.report.tracking import carry_tracking
 
-                carry_tracking(result, folder.parent / f"rev-{job.revision - 1}" / "result.json", job.revision)
+                carry_tracking(result, earlier_result(folder, job.revision, "result.json"), job.revision)
                 result.write(folder)
                 self._deliver(job, result, series, folder)
                 if result.status != "ok":
@@ -258,6 +257,16 @@ class Worker:
         self.queue.finish(job, ok, outcome.get("error"), time.time(), outcome.get("timings"), worker_pid=self.pid)
         log.log(logging.INFO if ok else logging.ERROR, "%s",
                 kv(event="job_done" if ok else "job_failed", job=job.id, reason=outcome.get("error", "")))
+
+
+def earlier_result(folder: Path, revision: int, name: str) -> Path | None:
+    """The newest earlier revision's ``name`` beside ``folder`` (``rev-N``). Not only N-1: a revision
+    superseded while queued, or failed, wrote nothing, and the amendment still follows the last report."""
+    for earlier in range(revision - 1, 0, -1):
+        path = folder.parent / f"rev-{earlier}" / name
+        if path.exists():
+            return path
+    return None
 
 
 def worker_probe(index: Index) -> Callable[[], tuple[bool, str]]:

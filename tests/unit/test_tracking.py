@@ -41,3 +41,16 @@ def test_a_larger_lesion_found_later_does_not_take_the_others_uids(tmp_path):
     second.write(tmp_path / "rev-2")
     third = carry_tracking(_result([a, c]), tmp_path / "rev-2" / "result.json", revision=3)  # b gone
     assert {r.tracking_uid for r in third.lesions} == {by_index[1], by_index[2]}
+
+
+def test_an_amendment_follows_the_last_report_written_not_only_the_revision_before(tmp_path):
+    from node.worker import earlier_result
+
+    study = tmp_path / "results" / "study"
+    (study / "rev-1").mkdir(parents=True)
+    for name in ("sr.dcm", "result.json"):
+        (study / "rev-1" / name).write_text("x")
+    (study / "rev-2").mkdir()  # superseded while queued: analysed, nothing written
+    assert earlier_result(study / "rev-3", 3, "sr.dcm") == study / "rev-1" / "sr.dcm"
+    assert earlier_result(study / "rev-3", 3, "result.json") == study / "rev-1" / "result.json"
+    assert earlier_result(study / "rev-1", 1, "sr.dcm") is None
