@@ -221,10 +221,12 @@ class StorageSCP:
 
     def _host_allowed(self, host: str) -> bool:
         try:
-            addr = ipaddress.ip_address(host)
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
-        return any(addr in net for net in self._allowed_nets)
+        # on a dual-stack listener (bind "::") an IPv4 peer arrives as ::ffff:a.b.c.d
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return any(addr in net or (mapped is not None and mapped in net) for net in self._allowed_nets)
 
     def _on_established(self, event: evt.Event) -> None:
         state = _AssocState(id=f"{self._boot}-{next(self._ids)}", calling_aet=str(event.assoc.requestor.ae_title).strip())

@@ -137,6 +137,10 @@ def test_association_policies(node_factory):
 
     other = node_factory("--no-worker", config='[access]\nallowed_hosts = ["10.0.0.0/8"]\n', name="hosts")
     assert _rejection(other) == (0x01, 0x01, 0x01)
+    # listening on "::" (dual stack), an IPv4 peer arrives as ::ffff:127.0.0.1 and still matches 127.0.0.0/8
+    dual = node_factory("--no-worker", config='[node]\nbind = "::"\n[access]\nallowed_hosts = ["127.0.0.0/8"]\n',
+                        name="dual")
+    _echo_ok(dual)
 
 
 def test_association_limit(node_factory):
