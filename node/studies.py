@@ -110,7 +110,8 @@ class StudyAssembler:
         series = []
         for s in self.index.query("SELECT series_uid FROM series WHERE study_uid=?", (study_uid,)):
             inst = self.index.query(
-                "SELECT instance_number, slice_position FROM instances WHERE series_uid=? ORDER BY id", (s[0],)
+                "SELECT instance_number, slice_position FROM instances WHERE series_uid=? AND study_uid=? ORDER BY id",
+                (s[0], study_uid)
             )
             series.append(
                 SeriesSnapshot(
@@ -130,7 +131,8 @@ class StudyAssembler:
 
     def label_phases(self, study_uid: str) -> dict:
         rows = self.index.query(
-            "SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid=s.series_uid) AS n"
+            "SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid=s.series_uid AND i.study_uid=s.study_uid)"
+            " AS n"
             " FROM series s WHERE s.study_uid=?",
             (study_uid,),
         )

@@ -66,7 +66,7 @@ def study_series(index: Index, spool: Spool, study_uid: str) -> list[SeriesFiles
     for s in index.query("SELECT series_uid, phase, phase_reason, phase_source FROM series WHERE study_uid=?"
                          " ORDER BY series_number", (study_uid,)):
         paths = tuple(spool.absolute(r[0]) for r in index.query(
-            "SELECT path FROM instances WHERE series_uid=? ORDER BY id", (s[0],)))
+            "SELECT path FROM instances WHERE series_uid=? AND study_uid=? ORDER BY id", (s[0], study_uid)))
         out.append(SeriesFiles(s[0], s[1] or "OTHER", s[2] or "", paths, s[3] == IGNORED))
     return out
 

@@ -144,3 +144,17 @@ def test_a_study_reopened_after_analysis_waits_from_its_new_first_instance(spool
     assert state == "receiving" and first == last and first - old > 7000
     _store_copy(spool, tmp_path, "c", study, uid("spool", "reopen", "s2"), 1)  # while receiving: kept
     assert index.scalar("SELECT first_received FROM studies WHERE study_uid=?", (study,)) == first
+
+
+def test_a_series_moved_to_another_study_is_read_only_with_its_own_instances(spool, tmp_path):
+    from node.worker import study_series
+
+    a, b, series = uid("spool", "move-a"), uid("spool", "move-b"), uid("spool", "move", "s")
+    _store_copy(spool, tmp_path, "a0", a, series, 0)
+    _store_copy(spool, tmp_path, "a1", a, series, 1)
+    # the PACS reconciled the patient: the same series, same Series UID, re-sent under study b
+    _store_copy(spool, tmp_path, "b0", b, series, 0)
+    moved = study_series(spool.index, spool, b)
+    assert [s.series_uid for s in moved] == [series] and len(moved[0].paths) == 1
+    assert all(spool.study_dir(b) in p.parents for p in moved[0].paths)
+    assert all(spool.study_dir(b) not in p.parents for s in study_series(spool.index, spool, a) for p in s.paths)
