@@ -31,7 +31,7 @@ class ThirdPartyRedactor(logging.Filter):
     Our own loggers never format patient attributes; third-party messages cannot be trusted to.
     """
 
-    _PREFIXES = ("pydicom", "pynetdicom", "highdicom", "py.warnings")
+    _PREFIXES = ("pydicom", "pynetdicom", "highdicom", "apscheduler", "py.warnings")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self._PREFIXES):

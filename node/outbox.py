@@ -28,7 +28,7 @@ from pynetdicom.presentation import build_context
 
 from .config import ConfigError, Destination
 from .index import Index
-from .logs import kv
+from .logs import kv, safe_reason
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ class OutboxSender:
                 except ConfigError as exc:  # a stored destination that no longer parses: only its rows fail
                     for row in rows:
                         self._failed(row, SendOutcome(False, True, f"destination unusable: {exc}"))
-                except Exception:  # noqa: BLE001 - one destination must not stop the others' deliveries
-                    log.exception("%s", kv(event="outbox_destination_error", destination=dest))
+                except Exception as exc:  # noqa: BLE001 - one destination must not stop the others' deliveries
+                    log.error("%s", kv(event="outbox_destination_error", destination=dest, error=safe_reason(exc)))
             return delivered
         finally:
             self._lock.release()

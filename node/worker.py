@@ -102,8 +102,9 @@ class Worker:
         """Write the SR and SCs, then index them in the outbox; both before anything is sent."""
         from pipeline.outputs import write_result_objects
 
-        previous = earlier_result(folder, job.revision, "sr.dcm")
-        paths = write_result_objects(result, series, folder, revision=job.revision, predecessor_sr=previous,
+        previous = earlier_report(folder, job.revision)
+        paths = write_result_objects(result, series, folder, revision=job.revision,
+                                     predecessor_sr=previous / "sr.dcm" if previous else None,
                                      heatmap=getattr(self.runner, "heatmap", None), uid_salt=self.index.uid_salt())
         calling = self.index.scalar("SELECT calling_aet FROM studies WHERE study_uid=?", (job.study_uid,))
         destinations = self.settings.destinations_for(calling)
@@ -213,7 +214,8 @@ class Worker:
                 folder = self.results_dir(job)
                 from pipeline.report.tracking import carry_tracking
 
-                carry_tracking(result, earlier_result(folder, job.revision, "result.json"), job.revision)
+                previous = earlier_report(folder, job.revision)
+                carry_tracking(result, previous / "result.json" if previous else None, job.revision)
                 result.write(folder)
                 self._deliver(job, result, series, folder)
                 if result.status != "ok":
@@ -259,12 +261,13 @@ class Worker:
                 kv(event="job_done" if ok else "job_failed", job=job.id, reason=outcome.get("error", "")))
 
 
-def earlier_result(folder: Path, revision: int, name: str) -> Path | None:
-    """The newest earlier revision's ``name`` beside ``folder`` (``rev-N``). Not only N-1: a revision
-    superseded while queued, or failed, wrote nothing, and the amendment still follows the last report."""
+def earlier_report(folder: Path, revision: int) -> Path | None:
+    """The folder of the newest earlier revision that wrote an SR, beside ``folder`` (``rev-N``): the
+    amendment's predecessor and the source of its lesions' tracking UIDs, both from that one report.
+    Not only N-1: a revision superseded while queued, or failed, wrote no SR."""
     for earlier in range(revision - 1, 0, -1):
-        path = folder.parent / f"rev-{earlier}" / name
-        if path.exists():
+        path = folder.parent / f"rev-{earlier}"
+        if (path / "sr.dcm").exists():
             return path
     return None
 

@@ -137,6 +137,23 @@ def test_permanent_refusal_goes_to_dead_letter_at_once(setup, tmp_path):
         pacs.shutdown()
 
 
+def test_a_corrupt_result_file_is_dead_lettered_and_the_rows_behind_it_still_go(setup, tmp_path):
+    index, files = setup
+    port = free_port()
+    results: list[str] = []
+    sender = OutboxSender(index, "LIVERNODE", RetryPolicy(5, 1.0, 10.0), on_result=results.append)
+    enqueue(index, "1.2.3", 1, files, [Destination("PACS", "127.0.0.1", port)], time.time())
+    files[0].write_bytes(b"not a DICOM file")  # damaged after it was queued
+    pacs = StoreSCP(tmp_path / "pacs", port)
+    try:
+        assert sender.run_once() == 2
+        assert _states(index) == ["dead", "done", "done"]
+        assert index.scalar("SELECT last_error FROM outbox WHERE state='dead'") == "cannot read: InvalidDicomError"
+        assert len(pacs.received()) == 2
+    finally:
+        pacs.stop()
+
+
 def test_status_classification_and_backoff():
     assert classify_status(0x0000).ok and classify_status(0xB000).ok
     assert classify_status(0x0122).permanent and classify_status(0xA900).permanent

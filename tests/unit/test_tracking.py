@@ -44,13 +44,13 @@ def test_a_larger_lesion_found_later_does_not_take_the_others_uids(tmp_path):
 
 
 def test_an_amendment_follows_the_last_report_written_not_only_the_revision_before(tmp_path):
-    from node.worker import earlier_result
+    from node.worker import earlier_report
 
     study = tmp_path / "results" / "study"
     (study / "rev-1").mkdir(parents=True)
     for name in ("sr.dcm", "result.json"):
         (study / "rev-1" / name).write_text("x")
-    (study / "rev-2").mkdir()  # superseded while queued: analysed, nothing written
-    assert earlier_result(study / "rev-3", 3, "sr.dcm") == study / "rev-1" / "sr.dcm"
-    assert earlier_result(study / "rev-3", 3, "result.json") == study / "rev-1" / "result.json"
-    assert earlier_result(study / "rev-1", 1, "sr.dcm") is None
+    (study / "rev-2").mkdir()  # analysed, then its objects failed: a result.json, no SR, nothing reported
+    (study / "rev-2" / "result.json").write_text("x")
+    assert earlier_report(study / "rev-3", 3) == study / "rev-1"  # predecessor and tracking from one report
+    assert earlier_report(study / "rev-1", 1) is None
