@@ -158,4 +158,5 @@ def test_a_series_moved_to_another_study_is_read_only_with_its_own_instances(spo
     assert [s.series_uid for s in moved] == [series] and len(moved[0].paths) == 1
     assert all(spool.study_dir(b) in p.parents for p in moved[0].paths)
     # study a keeps its own instances (not b's): the series row went with the move
-    assert spool.index.query("SELECT COUNT(*) FROM instances WHERE series_uid=? AND study_uid=?", (series, a))[0][0] == 2
+    kept = spool.index.scalar("SELECT COUNT(*) FROM instances WHERE series_uid=? AND study_uid=?", (series, a))
+    assert kept == 2
