@@ -45,13 +45,10 @@ def test_a_third_party_traceback_and_a_captured_warning_keep_no_value():
             raise ValueError("bad name 'CANARY^NAME'")
         except ValueError:
             logging.getLogger("pynetdicom.events").exception("handler failed")
-        logging.captureWarnings(True)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("always")
-                warnings.warn('The string "CANARY NAME" is unlikely to represent the intended person name')
-        finally:
-            logging.captureWarnings(False)
+        # a warning as logging.captureWarnings hands it on (called directly: pytest owns the warnings hook)
+        text = warnings.formatwarning('The string "CANARY NAME" is unlikely to represent the intended person name',
+                                      UserWarning, __file__, 42)
+        logging.getLogger("py.warnings").warning("%s", text)
 
     text = _journal(emit)
     assert "CANARY" not in text
