@@ -5,12 +5,13 @@ and pynetdicom logs request identifiers by default; both could leak PHI into the
 first is silenced at the source and the second is turned off and filtered. Other libraries' warnings
 reach the log through ``py.warnings`` (highdicom quotes a patient name it finds odd): any that quotes
 a value keeps only where it was raised. A third-party record's traceback is cut to the exception type,
-since its last line repeats the message.
+since its last line repeats the message, and so is an exception no thread caught.
 """
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
 
 
@@ -81,6 +82,16 @@ def quiet_third_party() -> None:
     logging.getLogger("pydicom").setLevel(logging.WARNING)
 
 
+def log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    """An exception no thread caught, as one redacted line (Python's default prints the traceback,
+    whose last line is the library's message, to stderr: the journal)."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "unknown"
+    logging.getLogger("node").error("%s", kv(event="thread_crashed", thread=name,
+                                             error=safe_reason(args.exc_value or args.exc_type())))
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
@@ -89,4 +100,5 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)
+    threading.excepthook = log_thread_crash
     quiet_third_party()

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 
 import pytest
 from pydicom.valuerep import DA
 
-from node.logs import ThirdPartyRedactor, safe_reason
+from node.logs import ThirdPartyRedactor, log_thread_crash, safe_reason
 from pipeline.series import SeriesError, load_series
 
 
@@ -53,3 +54,18 @@ def test_a_third_party_traceback_and_a_captured_warning_keep_no_value():
     text = _journal(emit)
     assert "CANARY" not in text
     assert "ValueError; traceback withheld" in text and "test_log_redaction.py" in text
+
+
+def test_an_exception_no_thread_caught_is_one_redacted_line(monkeypatch):
+    def crash():
+        DA("CANARY-1980")
+
+    def emit():
+        monkeypatch.setattr(threading, "excepthook", log_thread_crash)
+        t = threading.Thread(target=crash, name="job-7")
+        t.start()
+        t.join()
+
+    text = _journal(emit)
+    assert "CANARY" not in text and "Traceback" not in text
+    assert "event=thread_crashed thread=job-7 error=" in text and "ValueError raised in pydicom" in text
