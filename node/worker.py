@@ -98,11 +98,11 @@ class Worker:
         self.unavailable_reason: str | None = None
         self.notifier = Notifier()
 
-    def _deliver(self, job: Job, result, series, folder) -> None:  # noqa: ANN001 - pipeline types
-        """Write the SR and SCs, then index them in the outbox; both before anything is sent."""
+    def _deliver(self, job: Job, result, series, folder, previous: Path | None) -> None:  # noqa: ANN001
+        """Write the SR and SCs (amending ``previous``, the last report), then index them in the outbox;
+        both before anything is sent."""
         from pipeline.outputs import write_result_objects
 
-        previous = earlier_report(folder, job.revision)
         paths = write_result_objects(result, series, folder, revision=job.revision,
                                      predecessor_sr=previous / "sr.dcm" if previous else None,
                                      heatmap=getattr(self.runner, "heatmap", None), uid_salt=self.index.uid_salt())
@@ -217,7 +217,7 @@ class Worker:
                 previous = earlier_report(folder, job.revision)
                 carry_tracking(result, previous / "result.json" if previous else None, job.revision)
                 result.write(folder)
-                self._deliver(job, result, series, folder)
+                self._deliver(job, result, series, folder, previous)
                 if result.status != "ok":
                     outcome["error"] = f"not analysed: {result.reason}"
                 outcome["finished"] = True
