@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from . import header_values
 from .analyzer import Analyzer, SeriesInput
 from .outputs import write_result_objects
 from .phases import IGNORED, PhaseRules, SeriesHeader, label_series, tm_before
+from .series import RESOURCE_ERRNOS
 
 log = logging.getLogger(__name__)
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -74,7 +74,11 @@ def scan_studies(root: Path) -> dict[str, dict[str, _SeriesScan]]:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError):
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                raise
+            continue
+        except Exception:  # noqa: BLE001 - not DICOM, or a truncated header (struct.error, BytesLengthException...)
             continue
         study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
         if not study or not series:

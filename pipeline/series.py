@@ -17,7 +17,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from .header_values import functional_group
 from .modality_lut import to_hu
@@ -104,7 +103,12 @@ class _Slice:
 def _hu(ds: Dataset) -> np.ndarray:
     try:
         pixels = ds.pixel_array
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders fail on bad data with anything: StopIteration on
+        # truncated frames, a Rust panic (a BaseException) from pylibjpeg-rle on corrupt RLE
+        if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:
+            raise
         raise SeriesError(f"pixel data cannot be decoded ({type(exc).__name__}; transfer syntax "
                           f"{ds.file_meta.get('TransferSyntaxUID', '?')})") from None
     try:
@@ -113,12 +117,19 @@ def _hu(ds: Dataset) -> np.ndarray:
         raise SeriesError(str(exc)) from None
 
 
+def _vector(value, n: int) -> np.ndarray:
+    """A position (3) or orientation (6) as floats; another count is malformed (ValueError)."""
+    v = np.array([float(x) for x in value], dtype=float)
+    if v.shape != (n,):
+        raise ValueError(f"{n} values expected, got {v.size}")
+    return v
+
+
 def _frames(ds: Dataset) -> list[_Slice]:
     """One _Slice per frame: classic single-frame CT or Enhanced CT with per-frame positions."""
     uid = str(ds.SOPInstanceUID)
     if int(ds.get("NumberOfFrames", 1) or 1) == 1 and "ImagePositionPatient" in ds:
-        return [_Slice(uid, None, np.array(ds.ImagePositionPatient, dtype=float),
-                       tuple(float(v) for v in ds.ImageOrientationPatient),
+        return [_Slice(uid, None, _vector(ds.ImagePositionPatient, 3), tuple(_vector(ds.ImageOrientationPatient, 6)),
                        (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])), _hu(ds))]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame:
@@ -135,8 +146,8 @@ def _frames(ds: Dataset) -> list[_Slice]:
             return item
 
         measures = group("PixelMeasuresSequence")
-        out.append(_Slice(uid, i + 1, np.array(group("PlanePositionSequence").ImagePositionPatient, dtype=float),
-                          tuple(float(v) for v in group("PlaneOrientationSequence").ImageOrientationPatient),
+        out.append(_Slice(uid, i + 1, _vector(group("PlanePositionSequence").ImagePositionPatient, 3),
+                          tuple(_vector(group("PlaneOrientationSequence").ImageOrientationPatient, 6)),
                           (float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])), volume[i]))
     return out
 
@@ -152,7 +163,7 @@ def read_datasets(paths: Iterable[Path]) -> tuple[list[Dataset], list[str]]:
             if exc.errno in RESOURCE_ERRNOS:
                 raise
             skipped += 1
-        except (InvalidDicomError, EOFError):
+        except Exception:  # noqa: BLE001 - a truncated header raises struct.error, BytesLengthException...
             skipped += 1
     if skipped:
         notes.append(f"{skipped} non-DICOM or unreadable files skipped")

@@ -266,3 +266,49 @@ def test_out_of_file_descriptors_is_raised_not_skipped_as_an_unreadable_file(tmp
     import errno
 
     assert out.stdout.split() == ["raised", str(errno.EMFILE)], out.stderr
+
+
+def _damaged_copy(tmp_path, relative: str, cut: float | None = None, zero_at: int | None = None) -> Path:
+    """A real file damaged in a copy: pixel data cut to a share of its length, or bytes zeroed."""
+    source = REALDATA / "compressed-ct-transfer-syntaxes" / relative
+    path = tmp_path / source.name
+    if cut is not None:  # a well-formed file whose pixel data stops early
+        ds = pydicom.dcmread(source)
+        ds.PixelData = ds.PixelData[:int(len(ds.PixelData) * cut) // 2 * 2]
+        ds.save_as(path)
+    else:
+        data = bytearray(source.read_bytes())
+        data[zero_at:zero_at + 200] = bytes(200)
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(("relative", "damage"), [
+    ("cornerstone/CT0012.fragmented_no_bot_jpeg_baseline.51.dcm", {"cut": 0.4}),  # StopIteration in pydicom
+    ("wg04/CT1_RLE.dcm", {"zero_at": 50000}),  # a Rust panic (BaseException) in pylibjpeg-rle
+])
+def test_pixel_data_a_decoder_chokes_on_is_a_series_error(tmp_path, relative, damage):
+    with pytest.raises(SeriesError, match="pixel data cannot be decoded"):
+        load_series([_damaged_copy(tmp_path, relative, **damage)])
+
+
+def test_a_file_cut_inside_its_header_is_skipped_by_the_scan_and_the_loader(tmp_path):
+    from pipeline.batch import scan_studies
+
+    good = write_series(tmp_path / "in", uid("cut"), SeriesSpec("AP", 3), rows=16, cols=16)
+    for size in (142, 153):  # BytesLengthException, struct.error
+        (tmp_path / "in" / f"cut{size}.dcm").write_bytes(
+            (REALDATA / "compressed-ct-transfer-syntaxes" / "wg04" / "CT1_UNC.dcm").read_bytes()[:size])
+    (study,) = scan_studies(tmp_path / "in").values()
+    assert sum(len(s.paths) for s in study.values()) == 3
+    loaded = load_series([*good, tmp_path / "in" / "cut142.dcm", tmp_path / "in" / "cut153.dcm"])
+    assert loaded.hu.shape[0] == 3 and "2 non-DICOM or unreadable files skipped" in loaded.notes
+
+
+def test_a_position_or_orientation_with_the_wrong_number_of_values_is_a_series_error(tmp_path):
+    files = _series(tmp_path, n=3)
+    ds = pydicom.dcmread(files[1])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1]
+    ds.save_as(files[1], enforce_file_format=True)
+    with pytest.raises(SeriesError, match="image plane attributes missing or malformed"):
+        load_series(files)
