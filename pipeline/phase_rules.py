@@ -48,7 +48,9 @@ class PhaseRulesError(PhaseError):
 
 DEFAULT_NC_PATTERNS: tuple[str, ...] = (
     r"non[\s-]*contrast", r"non[\s-]*con", r"no[\s-]*contrast", r"pre[\s-]*contrast", r"(?:un|non)[\s-]*enhanced",
-    r"without(?:\s+contrast)?", r"(?<!w[/&+])w\s*/\s*o", r"(?<!w[/&+])wo", r"plain", r"nati(?:ve|v)", r"pre",
+    # "without"/"w/o"/"wo" say nothing of the IV phase when what is left out is oral contrast ("W IV WO ORAL")
+    r"without(?:\s+contrast)?(?![\s-]*oral)", r"(?<!w[/&+])w\s*/\s*o(?![\s-]*oral)", r"(?<!w[/&+])wo(?![\s-]*oral)",
+    r"plain", r"nati(?:ve|v)", r"pre",
     r"ncct", r"nc", r"c-(?=\s|$)",
 )
 DEFAULT_AP_PATTERNS: tuple[str, ...] = (

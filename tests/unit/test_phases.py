@@ -61,6 +61,12 @@ DESCRIPTIONS = [
     ("NON CON 5mm", Phase.NC),
     ("WO contrast", Phase.NC),
     ("W/O 5.0", Phase.NC),
+    # what is left out is oral contrast: nothing said of the IV phase
+    ("ABD PEL W IV WO ORAL", "none"),
+    ("CT ABDOMEN PELVIS W IV CONTRAST WO ORAL", "none"),
+    ("ABD/PEL WITH IV WITHOUT ORAL 5mm", "none"),
+    ("PORTAL VENOUS W/O ORAL", Phase.PVP),
+    ("Abdomen WO IV WO ORAL", Phase.NC),
     ("Pre 1.25mm Stnd", Phase.NC),
     ("Scout", "ignored"),
     ("Dose Report", "ignored"),
