@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluate import at_lesion_conf, load_phantom_truth, load_results, touched_lesions  # noqa: E402
+from pipeline.evaluate import (at_lesion_conf, image_key, load_phantom_truth, load_results,  # noqa: E402
+                               touched_lesions)
 from pipeline.series import load_series  # noqa: E402
 
 RADII_MM = (2.5, 3.5, 5.0)
@@ -208,18 +209,13 @@ def _case(case_dir: Path, min_score: float) -> dict:
     pvp = next(s for s in labels["series"] if s["phase"] == "PVP")
     series = load_series([case_dir / "dicom" / i["path"] for i in pvp["instances"]])
     g = series.geometry
-    slice_of = {uid: k for k, uid in enumerate(series.sop_instance_uids)}
-    boxes: dict[int, list] = {}
-    for entries in labels["boxes"].values():
-        for e in entries:
-            if e["sop_instance_uid"] in slice_of:
-                boxes.setdefault(slice_of[e["sop_instance_uid"]], []).append(
-                    (e["lesion_id"], (e["x1"] - 2, e["y1"] - 2, e["x2"] + 2, e["y2"] + 2)))
+    truth_boxes = load_phantom_truth(case_dir)[labels["study_instance_uid"]].boxes
+    images = [image_key(sop, frame) for sop, frame in zip(series.sop_instance_uids, series.frame_numbers)]
     best: dict[int, float] = {}
     false = []
     for s in find_spots(series.hu, g.pixel_spacing, g.slice_spacing, min_score):
-        hit = [lid for lid, (x1, y1, x2, y2) in boxes.get(s.slice_index, [])
-               if x1 <= s.column <= x2 and y1 <= s.row <= y2]
+        hit = [lid for lid, (x1, y1, x2, y2) in truth_boxes.get(images[s.slice_index], [])
+               if x1 - 2 <= s.column <= x2 + 2 and y1 - 2 <= s.row <= y2 + 2]
         for lid in hit:
             best[lid] = max(best.get(lid, 0.0), s.score)
         if not hit:
