@@ -17,6 +17,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+# Keyed by (study, series): one Series UID can reach two studies (a PACS re-sends a series under a
+# reconciled patient's study), and each study must keep its own row and phase label.
+SERIES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT,
+    description TEXT,
+    series_number INTEGER,
+    image_type TEXT,
+    contrast_agent TEXT,
+    contrast_route TEXT,
+    contrast_start_time TEXT,
+    acquisition_time TEXT,
+    series_time TEXT,
+    protocol_name TEXT,
+    orientation TEXT,
+    phase TEXT,
+    phase_source TEXT,
+    phase_reason TEXT,
+    PRIMARY KEY (study_uid, series_uid)
+);"""
+
+# A Series UID looked up across studies (one arriving under a second study).
+SERIES_INDEXES = "CREATE INDEX IF NOT EXISTS series_by_uid ON series(series_uid);"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
@@ -31,25 +57,8 @@ CREATE TABLE IF NOT EXISTS studies (
     completed_at REAL,
     calling_aet TEXT
 );
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    modality TEXT,
-    description TEXT,
-    series_number INTEGER,
-    image_type TEXT,
-    contrast_agent TEXT,
-    contrast_route TEXT,
-    contrast_start_time TEXT,
-    acquisition_time TEXT,
-    series_time TEXT,
-    protocol_name TEXT,
-    orientation TEXT,
-    phase TEXT,
-    phase_source TEXT,
-    phase_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+{series_table}
+{series_indexes}
 CREATE TABLE IF NOT EXISTS instances (
     id INTEGER PRIMARY KEY,
     sop_instance_uid TEXT NOT NULL,
@@ -123,7 +132,7 @@ CREATE TABLE IF NOT EXISTS node_identity (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"""
+""".replace("{series_table}", SERIES_TABLE.format(name="series")).replace("{series_indexes}", SERIES_INDEXES)
 
 
 def study_hash(study_uid: str) -> str:
@@ -186,6 +195,32 @@ class Index:
             have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self._rekey_series()
+
+    def _series_key(self) -> list[str]:
+        rows = sorted((r[5], r[1]) for r in self._conn.execute("PRAGMA table_info(series)") if r[5])
+        return [name for _, name in rows]
+
+    def _rekey_series(self) -> None:
+        """Rebuild a series table keyed by Series UID alone (older data directories) by (study, series).
+
+        Under the old key a series re-sent under a second study moved its one row there, and the
+        first study lost it; that row is given back here from the instances each study holds.
+        """
+        if self._series_key() == ["study_uid", "series_uid"]:
+            return
+        with self.transaction() as c:
+            if self._series_key() == ["study_uid", "series_uid"]:  # another process was first
+                return
+            c.execute(SERIES_TABLE.format(name="series_rekeyed"))
+            columns = ", ".join(r[1] for r in c.execute("PRAGMA table_info(series_rekeyed)"))
+            c.execute(f"INSERT INTO series_rekeyed ({columns}) SELECT {columns} FROM series")
+            taken = ", ".join(f"s.{name}" for name in columns.split(", ")[2:])
+            c.execute(f"INSERT OR IGNORE INTO series_rekeyed ({columns}) SELECT DISTINCT i.study_uid, s.series_uid,"
+                      f" {taken} FROM instances i JOIN series s ON s.series_uid = i.series_uid")
+            c.execute("DROP TABLE series")
+            c.execute("ALTER TABLE series_rekeyed RENAME TO series")
+            c.execute(SERIES_INDEXES)
 
     def close(self) -> None:
         with self._lock:

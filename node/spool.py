@@ -368,22 +368,24 @@ class Spool:
                     (info.study_uid, received, received, assoc_id, calling_aet),
                 )
                 # The series starts at its earliest slice, on the clock's circle (a scan across midnight).
-                known = c.execute("SELECT acquisition_time, study_uid FROM series WHERE series_uid=?",
-                                  (info.series_uid,)).fetchone()
+                known = c.execute("SELECT acquisition_time FROM series WHERE study_uid=? AND series_uid=?",
+                                  (info.study_uid, info.series_uid)).fetchone()
                 start = f.acquisition_time
-                if known is not None and known[1] != info.study_uid:
-                    # One Series UID, another study: the PACS moved the series (patient reconciliation).
-                    # The series follows its newest study; each study reads only its own instances.
-                    log.warning("%s", kv(event="series_moved", series_uid=info.series_uid, from_study=known[1],
-                                         to_study=info.study_uid))
-                elif known is not None and not tm_before(f.acquisition_time, known[0]):
+                if known is None:
+                    other = c.execute("SELECT study_uid FROM series WHERE series_uid=? LIMIT 1",
+                                      (info.series_uid,)).fetchone()
+                    if other is not None:
+                        # One Series UID in two studies (a PACS re-sending a reconciled patient's series):
+                        # each study keeps its own row and reads only its own instances.
+                        log.warning("%s", kv(event="series_in_two_studies", series_uid=info.series_uid,
+                                             first_study=other[0], study_uid=info.study_uid))
+                elif not tm_before(f.acquisition_time, known[0]):
                     start = known[0]
                 c.execute(
                     "INSERT INTO series (series_uid, study_uid, modality, description, series_number, image_type,"
                     " contrast_agent, contrast_route, contrast_start_time, acquisition_time, series_time,"
                     " protocol_name, orientation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT(series_uid) DO UPDATE SET acquisition_time = excluded.acquisition_time,"
-                    " study_uid = excluded.study_uid",
+                    " ON CONFLICT(study_uid, series_uid) DO UPDATE SET acquisition_time = excluded.acquisition_time",
                     (info.series_uid, info.study_uid, f.modality, f.description, f.series_number,
                      f.image_type, f.contrast_agent, f.contrast_route, f.contrast_start_time,
                      start, f.series_time, f.protocol_name, f.orientation),

@@ -157,8 +157,8 @@ class StudyAssembler:
         labels = label_series(headers, self.rules)
         with self.index.transaction() as c:
             c.executemany(
-                "UPDATE series SET phase=?, phase_source=?, phase_reason=? WHERE series_uid=?",
-                [(lab.phase.value, lab.source, lab.reason, uid) for uid, lab in labels.items()],
+                "UPDATE series SET phase=?, phase_source=?, phase_reason=? WHERE study_uid=? AND series_uid=?",
+                [(lab.phase.value, lab.source, lab.reason, study_uid, uid) for uid, lab in labels.items()],
             )
         return labels
 

@@ -146,17 +146,63 @@ def test_a_study_reopened_after_analysis_waits_from_its_new_first_instance(spool
     assert index.scalar("SELECT first_received FROM studies WHERE study_uid=?", (study,)) == first
 
 
-def test_a_series_moved_to_another_study_is_read_only_with_its_own_instances(spool, tmp_path):
+def test_one_series_uid_in_two_studies_keeps_a_row_and_its_own_instances_in_each(spool, tmp_path, caplog):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from node.jobs import JobQueue
+    from node.readiness import ReadinessPolicy
+    from node.studies import StudyAssembler
     from node.worker import study_series
+    from pipeline.phases import PhaseRules
 
     a, b, series = uid("spool", "move-a"), uid("spool", "move-b"), uid("spool", "move", "s")
     _store_copy(spool, tmp_path, "a0", a, series, 0)
     _store_copy(spool, tmp_path, "a1", a, series, 1)
-    # the PACS reconciled the patient: the same series, same Series UID, re-sent under study b
-    _store_copy(spool, tmp_path, "b0", b, series, 0)
-    moved = study_series(spool.index, spool, b)
-    assert [s.series_uid for s in moved] == [series] and len(moved[0].paths) == 1
-    assert all(spool.study_dir(b) in p.parents for p in moved[0].paths)
-    # study a keeps its own instances (not b's): the series row went with the move
-    kept = spool.index.scalar("SELECT COUNT(*) FROM instances WHERE series_uid=? AND study_uid=?", (series, a))
-    assert kept == 2
+    # the PACS reconciled the patient: the same series, same Series UID, re-sent under study b,
+    # and then one more instance of study a arrives: each study must still find its own series
+    with caplog.at_level("WARNING", logger="node.spool"):
+        _store_copy(spool, tmp_path, "b0", b, series, 0)
+    _store_copy(spool, tmp_path, "a2", a, series, 2)
+    assert "event=series_in_two_studies" in caplog.text
+    for study, n in ((a, 3), (b, 1)):
+        found = study_series(spool.index, spool, study)
+        assert [s.series_uid for s in found] == [series] and len(found[0].paths) == n
+        assert all(spool.study_dir(study) in p.parents for p in found[0].paths)
+    # labelling one study's phases leaves the other study's row alone
+    with spool.index.transaction() as c:
+        c.execute("UPDATE series SET phase='PVP' WHERE study_uid=?", (b,))
+    policy = ReadinessPolicy(quiet_period_s=3600, max_wait_s=7200, required_phases=frozenset())
+    StudyAssembler(spool.index, JobQueue(spool.index), BackgroundScheduler(), policy, PhaseRules()).label_phases(a)
+    phases = dict(spool.index.query("SELECT study_uid, phase FROM series"))
+    assert phases[b] == "PVP" and phases[a] == "AP"
+
+
+def test_an_index_keyed_by_series_uid_alone_is_rebuilt_and_gives_back_moved_series(tmp_path):
+    import sqlite3
+
+    from node.index import SCHEMA, SERIES_INDEXES, SERIES_TABLE
+
+    db = tmp_path / "index.sqlite"
+    old_series = SERIES_TABLE.format(name="series").replace("series_uid TEXT NOT NULL,", "series_uid TEXT PRIMARY KEY,")
+    old_series = old_series.replace(",\n    PRIMARY KEY (study_uid, series_uid)", "")
+    old = sqlite3.connect(db)
+    old.executescript(SCHEMA.replace(SERIES_TABLE.format(name="series"), old_series).replace(SERIES_INDEXES, ""))
+    assert [r[1] for r in old.execute("PRAGMA table_info(series)") if r[5]] == ["series_uid"]
+    # a series that moved from study a to study b under the old key: one row, instances in both
+    old.execute("INSERT INTO series (series_uid, study_uid, modality, phase) VALUES ('1.2.3', 'b', 'CT', 'AP')")
+    for study in ("a", "a", "b"):
+        old.execute("INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, path, sha256,"
+                    " size, transfer_syntax, received_at) VALUES (?, 'c', '1.2.3', ?, 'p', ?, 1, 't', 0)",
+                    (f"{study}.{old.total_changes}", study, str(old.total_changes)))
+    old.commit()
+    old.close()
+    index = Index(db)
+    try:
+        assert [r[1] for r in sorted(index.query("PRAGMA table_info(series)"), key=lambda r: r[5]) if r[5]] == [
+            "study_uid", "series_uid"]
+        rows = {r["study_uid"]: (r["series_uid"], r["modality"]) for r in index.query("SELECT * FROM series")}
+        assert rows == {"a": ("1.2.3", "CT"), "b": ("1.2.3", "CT")}
+        assert index.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name='series_by_uid'") == 1
+    finally:
+        index.close()
+    Index(db).close()  # a second open finds it rebuilt and leaves it
