@@ -5,14 +5,17 @@ and pynetdicom logs request identifiers by default; both could leak PHI into the
 first is silenced at the source and the second is turned off and filtered. Other libraries' warnings
 reach the log through ``py.warnings`` (highdicom quotes a patient name it finds odd): any that quotes
 a value keeps only where it was raised. A third-party record's traceback is cut to the exception type,
-since its last line repeats the message, and so is an exception no thread caught.
+since its last line repeats the message, and so is an exception nothing caught, in any thread.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import threading
+import traceback
 import warnings
+from pathlib import Path
+from types import TracebackType
 
 
 def kv(**fields: object) -> str:
@@ -82,14 +85,30 @@ def quiet_third_party() -> None:
     logging.getLogger("pydicom").setLevel(logging.WARNING)
 
 
+def _where(exc: BaseException) -> str:
+    """The innermost frame of a traceback as file:line (no message: that may quote a value)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "unknown"
+
+
 def log_thread_crash(args: threading.ExceptHookArgs) -> None:
     """An exception no thread caught, as one redacted line (Python's default prints the traceback,
     whose last line is the library's message, to stderr: the journal)."""
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else "unknown"
-    logging.getLogger("node").error("%s", kv(event="thread_crashed", thread=name,
-                                             error=safe_reason(args.exc_value or args.exc_type())))
+    exc = args.exc_value or args.exc_type()
+    logging.getLogger("node").error("%s", kv(event="thread_crashed", thread=name, error=safe_reason(exc),
+                                             where=_where(exc)))
+
+
+def log_main_crash(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """The same for the main thread: the command ends with status 1 and one redacted line."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("node").critical("%s", kv(event="crashed", error=safe_reason(exc.with_traceback(tb)),
+                                                where=_where(exc)))
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -101,4 +120,5 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     logging.captureWarnings(True)
     threading.excepthook = log_thread_crash
+    sys.excepthook = log_main_crash
     quiet_third_party()

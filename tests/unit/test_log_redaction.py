@@ -69,3 +69,17 @@ def test_an_exception_no_thread_caught_is_one_redacted_line(monkeypatch):
     text = _journal(emit)
     assert "CANARY" not in text and "Traceback" not in text
     assert "event=thread_crashed thread=job-7 error=" in text and "ValueError raised in pydicom" in text
+    assert "where=valuerep.py:" in text
+
+
+def test_a_crash_of_the_main_thread_is_one_redacted_line_and_status_1():
+    import subprocess
+    import sys
+
+    script = ("from node.logs import setup_logging\nsetup_logging()\nfrom pydicom.valuerep import DA\n"
+              "DA('CANARY-1980')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "CANARY" not in done.stderr and "Traceback" not in done.stderr
+    assert "event=crashed error=" in done.stderr and "ValueError raised in pydicom" in done.stderr
+    assert "where=valuerep.py:" in done.stderr
