@@ -10,11 +10,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .hierarchy import HierarchyLogits, decide
+from .hierarchy import Decision, HierarchyLogits, decide
 from .imaging import window_u8
 from .classify.preprocess import GREY, PHASE_PAIR
 from .classify.verifier import lesion_probability
@@ -101,6 +101,11 @@ class Analyzer:
         return cls(detector, classifier, models, options, verifier)
 
     # --- phase choice -----------------------------------------------------------------------------
+    @property
+    def heatmap(self) -> Callable[[np.ndarray, Decision], np.ndarray] | None:
+        """The classifier's Grad-CAM for the result objects (None when it has none)."""
+        return getattr(self.classifier, "heatmap", None)
+
     def _choose(self, series: Sequence[SeriesInput]) -> tuple[list[list[SeriesInput]], bool, str | None]:
         """Per phase to analyse, its candidate series in order of preference; whether the phase is
         unknown; or a reason to refuse. The first candidate that loads is used: a coronal reformat

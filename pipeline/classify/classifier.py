@@ -18,7 +18,7 @@ import torch
 
 from pipeline.classify.checkpoints import LoadedClassifier, ModelLoadError, load_lilnet_checkpoint, weights_file
 from pipeline.classify.preprocess import GREY, PHASE_PAIR, classifier_input
-from pipeline.hierarchy import HierarchyLogits  # the one type the analyzer aggregates
+from pipeline.hierarchy import Decision, HierarchyLogits  # the one type the analyzer aggregates
 
 TASK_KEYS = ("bm", "benign", "malignant")
 TASK_CLASSES: dict[str, tuple[str, ...]] = {
@@ -134,3 +134,12 @@ class LesionClassifier:
         result = {k: (np.concatenate(v) if v else np.zeros((0, len(TASK_CLASSES[k])), np.float32))
                   for k, v in out.items()}
         return HierarchyLogits(bm=result["bm"], benign=result["benign"], malignant=result["malignant"])
+
+    def heatmap(self, crop_u8: np.ndarray, decision: Decision) -> np.ndarray:
+        """Grad-CAM [224, 224] in [0, 1] of the decided subtype, from that branch's model (the one
+        whose logit names the class shown), for one uint8 crop [H,W] or phase pair [2,H,W]."""
+        from pipeline.report.heatmap import grad_cam
+
+        key = "malignant" if decision.malignant else "benign"
+        x = classifier_input(np.asarray(crop_u8, dtype=np.uint8)[None]).to(self.device)
+        return grad_cam(self._models[key], x, TASK_CLASSES[key].index(decision.cls))

@@ -123,7 +123,8 @@ def _mark(draw: ImageDraw.ImageDraw, img: Image.Image) -> None:
 
 
 def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, sop_uid: str,
-        instance_number: int, manufacturer: str, description: str, frame: int | None = None) -> hd.sc.SCImage:
+        instance_number: int, manufacturer: str, description: str, frame: int | None = None,
+        heatmap: bool = False) -> hd.sc.SCImage:
     ref = reference_header(ref)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
@@ -141,7 +142,7 @@ def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, s
     )
     sc.copy_patient_and_study_information(ref)  # all of both modules (issuer of patient ID...), as the SR
     if "Laterality" not in sc:
-        sc.Laterality = ""  # type 2C in General Series; liver is unpaired, so present and empty
+        sc.Laterality = ""  # type 2C in General Series; present and empty (dciodvfy errs on absent)
     sc.BurnedInAnnotation = "YES"  # deliberately: results are drawn, no patient identifiers
     src = Dataset()
     src.ReferencedSOPClassUID = ref.SOPClassUID
@@ -150,7 +151,8 @@ def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, s
         src.ReferencedFrameNumber = frame
     sc.SourceImageSequence = DicomSequence([src])
     sc.ImageComments = f"{description}. {MARK}."[:10240]
-    sc.DerivationDescription = "Key slice, W400/L40, with AI results and class-activation heatmap burned in"
+    sc.DerivationDescription = ("Key slice, W400/L40, with AI results" + (" and class-activation heatmap" if heatmap else "")
+                                + " burned in")
     return sc
 
 
@@ -226,7 +228,8 @@ def build_lesion_sc(r: LesionResult, source: Dataset, slice_u8: np.ndarray, *, s
         raise SCBuildError("source dataset is not the lesion's key slice")
     pixels = render_lesion(slice_u8, r, heatmap)
     return _sc(pixels, source, series_instance_uid, series_number, sop_instance_uid, instance_number,
-               manufacturer, f"Lesion {r.lesion.index}: {r.decision.cls}", r.lesion.primary.key_frame_number)
+               manufacturer, f"Lesion {r.lesion.index}: {r.decision.cls}", r.lesion.primary.key_frame_number,
+               heatmap is not None)
 
 
 def build_case_summary_sc(result: StudyResult, source: Dataset, slice_u8: np.ndarray, *, series_instance_uid: str,

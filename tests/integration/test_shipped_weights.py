@@ -56,3 +56,31 @@ def test_result_names_every_model_with_its_manifest_version(analyzer):
         expected[manifests["verifier.manifest.toml"]["name"]] = manifests["verifier.manifest.toml"]["version"]
     assert {m.name: m.version for m in analyzer.models} == expected
     assert all(len(m.sha256) == 64 and int(m.sha256, 16) >= 0 for m in analyzer.models)
+
+
+def test_lesion_overlays_carry_the_classifier_grad_cam(analyzer, tmp_path):
+    """The worker and `liver-node run` hand ``Analyzer.heatmap`` to the result objects: the SC of a
+    lesion blends the decided class's Grad-CAM in (and says so), unlike the same SC built without it."""
+    import pydicom
+
+    from pipeline.classify.preprocess import crop_around_box
+    from pipeline.outputs import write_result_objects
+
+    study = write_clear_case(tmp_path, LesionClass.HCC, SEED)
+    labels = json.loads(study.labels_path.read_text())
+    (series,) = scan_studies(study.folder).values()
+    inputs = study_inputs(series, PhaseRules())
+    result = analyzer.run_study(labels["study_instance_uid"], inputs)
+    assert result.lesions and analyzer.heatmap is not None
+    first = result.lesions[0]
+    key = first.lesion.primary.key
+    crop = crop_around_box(np.full((256, 256), 100, np.uint8), (key.x1, key.y1, key.x2, key.y2))
+    cam = analyzer.heatmap(crop, first.decision)
+    assert cam.shape == (224, 224) and 0.0 <= cam.min() and cam.max() <= 1.0
+
+    with_map = write_result_objects(result, inputs, tmp_path / "with", heatmap=analyzer.heatmap)
+    without = write_result_objects(result, inputs, tmp_path / "without")
+    sc_with, sc_without = (pydicom.dcmread(paths[1]) for paths in (with_map, without))
+    assert "heatmap" in sc_with.DerivationDescription and "heatmap" not in sc_without.DerivationDescription
+    assert sc_with.SOPInstanceUID == sc_without.SOPInstanceUID  # same result, drawn two ways
+    assert np.abs(sc_with.pixel_array.astype(int) - sc_without.pixel_array.astype(int)).sum() > 0
