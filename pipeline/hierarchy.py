@@ -50,6 +50,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def decide(logits: HierarchyLogits) -> Decision:
     if len(logits) == 0:
         raise ValueError("no crops to classify")
+    if not all(np.isfinite(z).all() for z in (logits.bm, logits.benign, logits.malignant)):
+        # a failing model or GPU (fp16 overflow): never a quiet "benign FNH" from NaN comparisons
+        raise ValueError("the classifier returned non-finite logits")
     p_bm = softmax(logits.bm.mean(axis=0))
     p_b = softmax(logits.benign.mean(axis=0))
     p_m = softmax(logits.malignant.mean(axis=0))

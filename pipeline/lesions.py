@@ -183,7 +183,12 @@ def measure(track: list[Box2D], series: LoadedSeries, phase: str) -> SeriesLesio
     sy, sx = geo.pixel_spacing
     w_mm, h_mm = key.width * sx, key.height * sy
     thickness = abs(geo.slice_spacing) or 1.0
-    volume = sum(np.pi / 4.0 * b.width * sx * b.height * sy for b in track) * thickness / 1000.0
+    ordered = sorted(track, key=lambda b: b.slice_index)
+    areas = [np.pi / 4.0 * b.width * sx * b.height * sy for b in ordered]
+    # a slice the detector skipped inside the track (group_boxes bridges one) counts as the mean of its neighbours
+    bridged = sum(max(0, b.slice_index - a.slice_index - 1) * (area_a + area_b) / 2.0
+                  for a, b, area_a, area_b in zip(ordered, ordered[1:], areas, areas[1:]))
+    volume = (sum(areas) + bridged) * thickness / 1000.0
     cx, cy = key.center
     center = geo.to_patient(key.slice_index, cy - 0.5, cx - 0.5)  # box edges -> pixel-centre index
     return SeriesLesion(

@@ -82,8 +82,8 @@ class StudyResult:
         return path
 
 
-def _num(v: float) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
+def _num(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), digits)
 
 
 def _case(d: Decision | None) -> dict:
@@ -109,7 +109,7 @@ def _lesion(r: LesionResult) -> dict:
         "volume_ml": round(p.volume_ml, 2),
         "phases": list(les.phases),
         # 6 decimals: near 0 or 1, 4 would move the candidate score's logit by more than its bar's step
-        "p_lesion": None if r.p_lesion is None else round(float(r.p_lesion), 6),
+        "p_lesion": _num(r.p_lesion, 6),
         "candidate_score": _num(r.candidate_score),
         "size_method": "detector box (long/short side on the key slice; volume as stacked ellipses)",
         "views": [

@@ -4,14 +4,18 @@ Anonymisers and some modalities drop Type 2 patient and study attributes (birth 
 number, study ID); highdicom reads them unconditionally, so they are added empty, as Type 2 allows.
 A source with code extensions (e.g. Japanese, "\\ISO 2022 IR 87") stores an empty first Specific
 Character Set value, meaning the default repertoire; highdicom refuses the empty value, so it is
-named ("ISO 2022 IR 6").
-A value highdicom cannot parse (a birth date "1980-05-12", a sex "Male") would fail the whole result
+named ("ISO 2022 IR 6"). A character set highdicom still refuses (highdicom 0.28 misspells Korean
+"ISO 2022 IR 149" and lacks "ISO 2022 IR 58", Simplified Chinese) is decoded and the results are
+written in UTF-8 ("ISO_IR 192"), so the patient's name still reads right.
+A value highdicom cannot parse (a birth date "1980-05-12", a sex "Male"), or one that is not DICOM's
+form (an ACR-NEMA date "1980.05.12", which pydicom reads but the results must not carry), would fail the whole result
 and put the value in the error; such a value is left empty in the results, as Type 2 allows, and the
 source keeps it.
 """
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 from pydicom import Dataset
@@ -24,19 +28,36 @@ TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Accessio
 
 
 PARSED = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
+FORMS = {DA: re.compile(r"\d{8}"), TM: re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")}  # PS3.5 6.2
 SEXES = ("M", "F", "O")
+UTF8 = "ISO_IR 192"
 
 
 def _parses(parse, value: object) -> bool:
+    text = str(value).rstrip()
+    if not FORMS[parse].fullmatch(text):
+        return False
     try:
-        parse(str(value))
+        parse(text)
     except (TypeError, ValueError):
         return False
     return True
 
 
+def _highdicom_refuses(charset: object) -> bool:
+    try:
+        from highdicom.valuerep import _check_specific_character_set
+    except ImportError:  # a highdicom without the check: let it decide when it builds
+        return False
+    try:
+        _check_specific_character_set(charset)
+    except (TypeError, ValueError):
+        return True
+    return False
+
+
 def reference_header(ds: Dataset) -> Dataset:
-    ref = copy.copy(ds)  # shallow: only top-level elements are added or replaced
+    ref = copy.deepcopy(ds)  # a shallow copy shares pydicom's element dict: the caller's header would change
     for keyword in TYPE2:
         if keyword not in ref:
             setattr(ref, keyword, None)
@@ -48,6 +69,9 @@ def reference_header(ds: Dataset) -> Dataset:
     charset = ref.get("SpecificCharacterSet")
     if charset is not None and not isinstance(charset, str) and len(charset) > 1 and not charset[0]:
         ref.SpecificCharacterSet = ["ISO 2022 IR 6", *list(charset)[1:]]
+    if charset is not None and _highdicom_refuses(ref.SpecificCharacterSet):
+        ref.decode()
+        ref.SpecificCharacterSet = UTF8
     return ref
 
 

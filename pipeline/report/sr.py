@@ -30,7 +30,6 @@ from highdicom.sr import (
     ObserverContext,
     DeviceObserverIdentifyingAttributes,
     PlanarROIMeasurementsAndQualitativeEvaluations,
-    QualitativeEvaluation,
     SourceImageForRegion,
     TextContentItem,
     TrackingIdentifier,
@@ -165,7 +164,6 @@ def _case_group(result: StudyResult, table: CodeTable, alg: AlgorithmIdentificat
         finding_sites=[FindingSite(anatomic_location=table.finding_site)],
         algorithm_id=alg,
         measurements=_probabilities(d, table, alg),
-        qualitative_evaluations=[QualitativeEvaluation(name=codes.DCM.Finding, value=table.finding(d.cls))],
     )
     _comment(group, f"Case decision: {d.cls} ({'malignant' if d.malignant else 'benign'}), "
                     f"p(malignant)={d.p_malignant:.3f}, {len(result.lesions)} lesion(s), "

@@ -270,3 +270,59 @@ def test_header_values_highdicom_cannot_parse_are_left_empty_not_fatal(study):
     for ds in objs:
         assert not ds.PatientBirthDate and not ds.StudyTime and not ds.PatientSex
         assert ds.PatientID == next(iter(headers.values())).PatientID and ds.StudyDate
+
+
+def test_a_character_set_highdicom_refuses_gives_results_in_utf8(study, tmp_path):
+    """highdicom 0.28 misspells Korean (IR 149): a Korean study used to get no result at all. The headers
+    go in as a receiver reads them (encoded, then read back), and come out unchanged."""
+    import io
+
+    result, headers, slices = study
+    name = "Hong^Gildong=홍^길동"
+    received = {}
+    for sop, ds in headers.items():
+        ds = copy.deepcopy(ds)
+        ds.SpecificCharacterSet, ds.PatientName = ["", "ISO 2022 IR 149"], name
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        buffer.seek(0)
+        received[sop] = pydicom.dcmread(buffer)
+    before = {sop: (list(ds.SpecificCharacterSet), "PatientBirthDate" in ds) for sop, ds in received.items()}
+    objects = build_result_objects(result, received, slices, None)
+    assert {sop: (list(ds.SpecificCharacterSet), "PatientBirthDate" in ds) for sop, ds in received.items()} == before
+    for i, obj in enumerate(objects):
+        assert obj.SpecificCharacterSet == "ISO_IR 192"
+        path = _write(obj, tmp_path / f"o{i}.dcm")
+        assert str(pydicom.dcmread(path).PatientName) == name
+        if shutil.which("dciodvfy"):
+            _dciodvfy(path)
+
+
+def test_an_acr_nema_date_is_left_empty_and_the_caller_header_untouched(study):
+    result, headers, slices = study
+    odd = {}
+    for sop, ds in headers.items():
+        ds = copy.deepcopy(ds)
+        ds.PatientBirthDate = "1980.05.12"  # pydicom reads it, DICOM's DA forbids it
+        del ds.AccessionNumber
+        odd[sop] = ds
+    for ds in build_result_objects(result, odd, slices, None):
+        assert not ds.PatientBirthDate and ds.StudyDate
+    assert all(ds.PatientBirthDate == "1980.05.12" and "AccessionNumber" not in ds for ds in odd.values())
+
+
+def test_sc_says_heatmap_only_when_one_is_drawn(study):
+    result, headers, slices = study
+    with_map = build_result_objects(result, headers, slices, {result.lesions[0].lesion.index: _heatmap()})
+    without = build_result_objects(result, headers, slices, None)
+    assert "heatmap" in with_map[1].DerivationDescription
+    assert "heatmap" not in without[1].DerivationDescription
+
+
+def test_the_case_group_names_its_finding_once(study):
+    result, headers, slices = study
+    sr = build_result_objects(result, headers, slices, None)[0]
+    findings = [item for container in sr.ContentSequence if container.ConceptNameCodeSequence[0].CodeValue == "126010"
+                for group in container.ContentSequence for item in group.ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeValue == "121071"]
+    assert len(findings) == 2  # the lesion's group and the case group, one Finding each

@@ -117,6 +117,15 @@ def _loaded(series_uid: str, n: int = 5, frame="1.2.3", offset=(0.0, 0.0, 0.0)) 
     return LoadedSeries(series_uid, hu, geo, tuple(f"sop{i}" for i in range(n)), (None,) * n, "ct", "")
 
 
+def test_volume_counts_a_slice_the_track_bridges_as_the_mean_of_its_neighbours():
+    series = _loaded("ap", n=6)
+    full = measure([_b(i, 30, 20, 50, 40) for i in range(1, 6)], series, "AP")
+    gap = measure([_b(i, 30, 20, 50, 40) for i in (1, 2, 4, 5)], series, "AP")  # slice 3 missed
+    # 5 slices of a 10 x 10 mm ellipse, 2.5 mm apart
+    assert full.volume_ml == pytest.approx(5 * np.pi / 4 * 100 * 2.5 / 1000)
+    assert gap.volume_ml == pytest.approx(full.volume_ml)
+
+
 def test_measure_and_match_across_phases():
     ap, pv = _loaded("ap"), _loaded("pv")
     track = [_b(1, 30, 20, 50, 40), _b(2, 28, 18, 52, 42), _b(3, 32, 22, 48, 38)]
@@ -187,6 +196,24 @@ def test_hierarchy_averages_logits_then_softmaxes():
     assert set(d.probabilities) == set(ALL_CLASSES)
     benign = decide(HierarchyLogits(np.array([[3.0, 0.0]]), np.array([[0.0, 0.0, 4.0]]), np.array([[9.0, 0, 0]])))
     assert not benign.malignant and benign.cls == "CYST"  # the malignant model's opinion is not used
+
+
+def test_non_finite_logits_are_an_error_not_a_benign_fnh():
+    nan = HierarchyLogits(np.array([[np.nan, np.nan]]), np.zeros((1, 3)), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="non-finite logits"):
+        decide(nan)
+
+
+def test_a_non_finite_verifier_probability_is_written_as_null(tmp_path):
+    import json
+
+    from pipeline.result import LesionResult, StudyResult
+
+    lesion = match_phases([[measure([_b(2, 30, 20, 50, 40)], _loaded("ap"), "AP")]])[0]
+    decision = decide(HierarchyLogits(np.zeros((1, 2)), np.zeros((1, 3)), np.zeros((1, 3))))
+    result = StudyResult("1.2.3", "ok", lesions=[LesionResult(lesion, decision, p_lesion=float("nan"))])
+    written = json.loads(result.write(tmp_path).read_text())
+    assert written["lesions"][0]["p_lesion"] is None
 
 
 def test_a_non_finite_rescale_is_a_series_error_not_nan_pixels(tmp_path):
