@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pid INTEGER,
     timings TEXT,                        -- JSON {stage: seconds} of the pipeline run
     not_before REAL,                     -- a queued retry is not claimed before this time
+    findings TEXT,                       -- JSON summary of the result for monitoring (no identifiers)
     UNIQUE (study_uid, revision)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -188,7 +189,8 @@ class Index:
 
     # Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
     # EXISTS leaves an older database's tables as they were, so add what they lack.
-    _ADDED_COLUMNS = (("jobs", "timings", "TEXT"), ("workers", "models", "TEXT"), ("jobs", "not_before", "REAL"))
+    _ADDED_COLUMNS = (("jobs", "timings", "TEXT"), ("workers", "models", "TEXT"), ("jobs", "not_before", "REAL"),
+                      ("jobs", "findings", "TEXT"))
 
     def _migrate(self) -> None:
         for table, column, decl in self._ADDED_COLUMNS:

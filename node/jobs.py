@@ -68,14 +68,15 @@ class JobQueue:
             return Job(row["id"], row["study_uid"], row["revision"], row["attempts"] + 1, row["trigger"])
 
     def finish(self, job: Job, ok: bool, reason: str | None, now: float, timings: dict | None = None,
-               worker_pid: int | None = None) -> bool:
+               worker_pid: int | None = None, findings: dict | None = None) -> bool:
         """Record the outcome; with ``worker_pid``, only while that worker still owns the job (False if not:
         it was requeued meanwhile, and whoever runs it now records it)."""
         state = "done" if ok else "failed"
         with self.index.transaction() as c:
             owner = "" if worker_pid is None else " AND state='running' AND worker_pid=?"
-            cur = c.execute(f"UPDATE jobs SET state=?, reason=?, finished=?, timings=? WHERE id=?{owner}",
-                            (state, reason, now, json.dumps(timings) if timings else None, job.id,
+            cur = c.execute(f"UPDATE jobs SET state=?, reason=?, finished=?, timings=?, findings=? WHERE id=?{owner}",
+                            (state, reason, now, json.dumps(timings) if timings else None,
+                             json.dumps(findings) if findings else None, job.id,
                              *(() if worker_pid is None else (worker_pid,))))
             if cur.rowcount == 0:
                 log.warning("%s", kv(event="job_outcome_dropped", job=job.id, reason="no longer owned"))

@@ -20,12 +20,17 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Inf
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pipeline.hierarchy import ALL_CLASSES as CASE_CLASSES
+
 from .index import Index
 
 log = logging.getLogger(__name__)
 
 INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STUDY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+ANALYSIS_OUTCOMES = ("lesion", "no_lesion", "not_analysed", "failed")
+PHASE_MODES = {"AP+PVP": "ap_pvp", "AP only": "ap_only", "PVP only": "pvp_only", "unknown phase": "unknown_phase"}
+FINISHED = "state IN ('done', 'failed')"  # superseded jobs carry a finish time too, but no analysis
 
 
 class IndexStateCollector:
@@ -95,30 +100,61 @@ class NodeMetrics:
                                registry=self.registry)
         self.retention_removed = Counter("liver_node_retention_removed", "What the retention job deleted",
                                          ["kind"], registry=self.registry)
+        # What the analyses found, for drift monitoring: compare a day's shares with the last weeks'
+        # in PromQL (conf/alerts.yml). Fixed label sets, created at zero so every rate exists.
+        self.analyses = Counter("liver_node_analyses", "Finished study analyses by outcome", ["outcome"],
+                                registry=self.registry)
+        self.case_class = Counter("liver_node_case_class", "Case decisions of analyses with a lesion, by class",
+                                  ["class"], registry=self.registry)
+        self.phase_mode = Counter("liver_node_phase_mode", "Analysed studies by the contrast phases used",
+                                  ["mode"], registry=self.registry)
+        self.lesions_reported = Counter("liver_node_lesions_reported", "Lesions reported by finished analyses",
+                                        registry=self.registry)
+        for outcome in ANALYSIS_OUTCOMES:
+            self.analyses.labels(outcome)
+        for cls in CASE_CLASSES:
+            self.case_class.labels(cls)
+        for mode in PHASE_MODES.values():
+            self.phase_mode.labels(mode)
         self._index = index
-        # Timings of jobs finished before this process started were observed by an earlier one: a
-        # restart must not replay them into the histogram.
-        # By finish time, not id: a retried or recovered older job can finish after a newer one.
+        # Jobs finished before this process started were counted by an earlier one: a restart must not
+        # replay them. By finish time, not id: a retried or recovered older job can finish after a newer one.
         self._last_finished_seen = float(index.scalar(
-            "SELECT COALESCE(MAX(finished), 0) FROM jobs WHERE timings IS NOT NULL")) if index is not None else 0.0
+            f"SELECT COALESCE(MAX(finished), 0) FROM jobs WHERE {FINISHED}")) if index is not None else 0.0
         if index is not None:
             self.registry.register(IndexStateCollector(index, spool_root))
 
     def collect_worker(self) -> None:
-        """Carry the worker process's figures (stage timings, models) into this registry."""
+        """Carry the worker process's figures (stage timings, findings, models) into this registry."""
         if self._index is None:
             return
-        for finished, timings in self._index.query(
-                "SELECT finished, timings FROM jobs WHERE finished > ? AND timings IS NOT NULL ORDER BY finished",
-                (self._last_finished_seen,)):
-            for stage, seconds in json.loads(timings).items():
+        for finished, state, timings, findings in self._index.query(
+                f"SELECT finished, state, timings, findings FROM jobs WHERE finished > ? AND {FINISHED}"
+                " ORDER BY finished", (self._last_finished_seen,)):
+            for stage, seconds in json.loads(timings or "{}").items():
                 self.stage_seconds.labels(stage).observe(float(seconds))
+            self._count_findings(state, json.loads(findings) if findings else None)
             self._last_finished_seen = finished
         row = self._index.query("SELECT models FROM workers WHERE models IS NOT NULL ORDER BY heartbeat DESC LIMIT 1")
         if row:
             for model in json.loads(row[0][0]):
                 self.model_info.labels(model["name"]).info({"version": model["version"],
                                                             "sha256": model["sha256"][:16]})
+
+    def _count_findings(self, state: str, findings: dict | None) -> None:
+        if findings is None:  # the analysis itself failed (no result), or a job from before findings were kept
+            if state == "failed":
+                self.analyses.labels("failed").inc()
+            return
+        if findings.get("status") != "ok":
+            self.analyses.labels("not_analysed").inc()
+            return
+        lesions = int(findings.get("lesions") or 0)
+        self.analyses.labels("lesion" if lesions else "no_lesion").inc()
+        self.lesions_reported.inc(lesions)
+        self.phase_mode.labels(PHASE_MODES.get(findings.get("phase_mode"), "other")).inc()
+        if lesions and findings.get("case_class") in CASE_CLASSES:
+            self.case_class.labels(findings["case_class"]).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -211,6 +211,7 @@ class Worker:
                           for s in study_series(self.index, self.spool, job.study_uid)]
                 result = self.runner.run_study(job.study_uid, series)
                 outcome["timings"] = result.timings_s
+                outcome["findings"] = result.findings()
                 folder = self.results_dir(job)
                 from pipeline.report.tracking import carry_tracking
 
@@ -256,7 +257,8 @@ class Worker:
                 log.warning("%s", kv(event="job_retry", job=job.id, attempt=job.attempts, delay_s=f"{delay:g}",
                                      reason=outcome["error"]))
                 return
-        self.queue.finish(job, ok, outcome.get("error"), time.time(), outcome.get("timings"), worker_pid=self.pid)
+        self.queue.finish(job, ok, outcome.get("error"), time.time(), outcome.get("timings"), worker_pid=self.pid,
+                          findings=outcome.get("findings") if outcome.get("finished") else None)
         log.log(logging.INFO if ok else logging.ERROR, "%s",
                 kv(event="job_done" if ok else "job_failed", job=job.id, reason=outcome.get("error", "")))
 

@@ -73,6 +73,11 @@ class StudyResult:
             "disclaimer": "Research software; demo models trained on synthetic phantoms. Not for diagnostic use.",
         }
 
+    def findings(self) -> dict:
+        """What the node's monitoring counts (analyses by outcome, case class, phases used): no identifier."""
+        return {"status": self.status, "phase_mode": self.phase_mode, "lesions": len(self.lesions),
+                "case_class": self.case.cls if self.case is not None and self.lesions else None}
+
     def write(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "result.json"

@@ -84,6 +84,11 @@ def test_dcmtk_pacs_receives_sr_and_sc(node_factory, tmp_path, cls, seed):
         _, metrics = node.http("/metrics")
         assert 'liver_node_results_sent_total{result="success"}' in metrics
         assert "liver_node_study_e2e_seconds_count 1.0" in metrics
+        # what the analysis found, counted for drift monitoring (the worker wrote it, the receiver serves it)
+        assert 'liver_node_analyses_total{outcome="lesion"} 1.0' in metrics
+        assert f'liver_node_case_class_total{{class="{result_json["case"]["class"]}"}} 1.0' in metrics
+        assert 'liver_node_phase_mode_total{mode="ap_pvp"} 1.0' in metrics
+        assert f"liver_node_lesions_reported_total {float(len(result_json['lesions']))}" in metrics
     finally:
         pacs.stop()
 

@@ -124,6 +124,43 @@ def test_alert_rules_check():
             assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
 
 
+def _alert_expr(name: str) -> str:
+    for group in yaml.safe_load((REPO / "conf/alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            if rule["alert"] == name:
+                return rule["expr"]
+    raise KeyError(name)
+
+
+def _counter(outcome: str, values: str) -> dict:
+    return {"series": f'liver_node_analyses_total{{job="liver-node",instance="a",outcome="{outcome}"}}', "values": values}
+
+
+# Hourly counter samples over 29 days: 27 days of one case mix, then the last day another.
+STEADY = [_counter("lesion", "0+3x696"), _counter("no_lesion", "0+7x696"), _counter("not_analysed", "0x696"),
+          _counter("failed", "0x696")]
+SHIFTED = [_counter("lesion", "0+3x672 2025+9x24"), _counter("no_lesion", "0+7x672 4705+1x24"),
+           _counter("not_analysed", "0x696"), _counter("failed", "0x696")]
+REFUSED = [_counter("lesion", "0+3x672 2019+1x24"), _counter("no_lesion", "0+7x672 4707+1x24"),
+           _counter("not_analysed", "0x672 2+2x24"), _counter("failed", "0x696")]
+
+
+@pytest.mark.parametrize("alert, series, fires", [
+    ("LiverNodeFindingRateShift", STEADY, False), ("LiverNodeFindingRateShift", SHIFTED, True),
+    ("LiverNodeFindingRateShift", REFUSED, False),
+    ("LiverNodeStudiesNotAnalysed", STEADY, False), ("LiverNodeStudiesNotAnalysed", REFUSED, True),
+    ("LiverNodeStudiesNotAnalysed", SHIFTED, False)], ids=lambda v: v if isinstance(v, str) else None)
+def test_output_monitoring_alerts_fire_on_their_shift_only(tmp_path, alert, series, fires):
+    """The alert's own expression, evaluated by promtool on counters shaped like a real node's."""
+    case = {"interval": "1h", "input_series": series, "promql_expr_test": [{
+        "expr": f"count({_alert_expr(alert)})", "eval_time": "696h",
+        "exp_samples": [{"labels": "{}", "value": 1}] if fires else []}]}
+    test_file = tmp_path / "alert_test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [case]}))
+    proc = _run(_tool("promtool"), "test", "rules", str(test_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
              "bool", "offset", "inf", "nan"}
 

@@ -137,3 +137,39 @@ def test_a_retried_older_job_finishing_last_still_reports_its_timings(index):
     metrics.collect_worker()
     count = sum(s.value for m in metrics.stage_seconds.collect() for s in m.samples if s.name.endswith("_count"))
     assert count == 2.0
+
+
+def test_findings_are_counted_once_by_outcome_class_and_phases_and_a_restart_does_not_replay_them(index):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples(metrics: NodeMetrics) -> dict[tuple, float]:
+        metrics.collect_worker()
+        return {(s.name, tuple(s.labels.values())): s.value
+                for f in text_string_to_metric_families(metrics.render().decode())
+                for s in f.samples if s.name.startswith(("liver_node_analyses", "liver_node_case_class",
+                                                         "liver_node_phase_mode", "liver_node_lesions_reported"))
+                and s.name.endswith("_total")}
+
+    queue = JobQueue(index)
+    metrics = NodeMetrics(index)
+    assert samples(metrics)[("liver_node_analyses_total", ("failed",))] == 0.0  # every label exists from the start
+    runs = [({"status": "ok", "phase_mode": "AP+PVP", "lesions": 2, "case_class": "HCC"}, True),
+            ({"status": "ok", "phase_mode": "PVP only", "lesions": 0, "case_class": None}, True),
+            ({"status": "not_analysed", "phase_mode": None, "lesions": 0, "case_class": None}, False),
+            (None, False)]  # the analysis raised: no result
+    for i, (findings, ok) in enumerate(runs):
+        study = f"1.2.{i + 10}"
+        with index.transaction() as c:
+            c.execute("INSERT INTO studies (study_uid, state, first_received, last_received)"
+                      " VALUES (?, 'receiving', 0, 0)", (study,))
+        queue.enqueue_ready_study(study, "complete", 100.0 + i)
+        queue.finish(queue.claim(1, 100.0 + i), ok, None if ok else "x", 101.0 + i, {"detect": 1.0}, findings=findings)
+    got = samples(metrics)
+    assert {k[1][0]: v for k, v in got.items() if k[0] == "liver_node_analyses_total"} == {
+        "lesion": 1.0, "no_lesion": 1.0, "not_analysed": 1.0, "failed": 1.0}
+    assert got[("liver_node_case_class_total", ("HCC",))] == 1.0
+    assert sum(v for k, v in got.items() if k[0] == "liver_node_case_class_total") == 1.0
+    assert got[("liver_node_phase_mode_total", ("ap_pvp",))] == 1.0 and got[("liver_node_phase_mode_total", ("pvp_only",))] == 1.0
+    assert got[("liver_node_lesions_reported_total", ())] == 2.0
+    assert samples(metrics) == got  # a second scrape counts nothing again
+    assert samples(NodeMetrics(index))[("liver_node_analyses_total", ("lesion",))] == 0.0  # nor does a restart
