@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.classify.checkpoints import ModelLoadError, sha256_of, weights_file
 from pipeline.detect.channels import GREY, PHASE_PAIR, check_mode, neighbour_offset, slice_rgb
-from pipeline.detect.offline import configure_ultralytics_offline
+from pipeline.detect.offline import configure_ultralytics_offline, restricted_unpickling
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,10 @@ class LesionDetector:
 
     @classmethod
     def from_manifest(cls, weights_dir: Path, device: str | None = None, batch_size: int = 16,
-                      config_dir: Path | None = None) -> LesionDetector:
+                      config_dir: Path | None = None, restricted: bool = False) -> LesionDetector:
+        """``restricted``: for a file whose sha256 nobody has checked against its source (the manifest then
+        only pins what was found), unpickle with ultralytics' weights_only allow-list, so that it can rebuild
+        known model classes but never run code."""
         manifest = read_manifest(weights_dir)
         if not manifest.weights.is_file():
             raise DetectorLoadError(f"{manifest.weights}: weights file missing")
@@ -110,9 +113,11 @@ class LesionDetector:
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         try:
-            model = YOLO(str(manifest.weights.resolve()), task="detect")
+            with restricted_unpickling(restricted):
+                model = YOLO(str(manifest.weights.resolve()), task="detect")
         except Exception as exc:  # ultralytics raises assorted errors for bad checkpoints
-            raise DetectorLoadError(f"{manifest.weights.name}: load failed: {exc}") from exc
+            how = " in restricted mode (known ultralytics model classes only)" if restricted else ""
+            raise DetectorLoadError(f"{manifest.weights.name}: load failed{how}: {exc}") from exc
         log.info("loaded %s %s (%s) on %s", manifest.name, manifest.version, manifest.sha256[:12], device)
         return cls(model, manifest, device, batch_size)
 

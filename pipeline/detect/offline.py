@@ -6,9 +6,11 @@ sync and the experiment-tracker callbacks.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,3 +62,20 @@ def configure_ultralytics_offline(config_dir: Path) -> Path:
         "datasets_dir": str(config_dir / "datasets"),
     })
     return config_dir
+
+
+@contextlib.contextmanager
+def restricted_unpickling(enabled: bool = True) -> Iterator[None]:
+    """ultralytics' opt-in restricted loading (its ULTRALYTICS_SAFE_LOAD flag, read once at import) for
+    this block only: torch.load(weights_only=True) with ultralytics' allow-list of model classes."""
+    if not enabled:
+        yield
+        return
+    from ultralytics.nn import tasks  # noqa: PLC0415 - after configure_ultralytics_offline
+
+    saved = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = True
+    try:
+        yield
+    finally:
+        tasks.SAFE_LOAD = saved

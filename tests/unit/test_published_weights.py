@@ -122,6 +122,30 @@ def test_a_detector_with_other_classes_is_refused(folder: Path) -> None:
     assert not any((folder / m).exists() for m in MANIFESTS)
 
 
+class _Payload:
+    """A pickle that runs a command when loaded: what a tampered download could hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_an_unverified_detector_file_is_never_unpickled_in_full(folder: Path, tmp_path: Path) -> None:
+    """The hashes come from the file as found, so they cannot vouch for it: ultralytics' full unpickle
+    (which runs code) must not happen before the operator has compared the md5 with Zenodo."""
+    marker = tmp_path / "payload-ran"
+    torch.save({"model": _Payload(marker)}, folder / DETECTOR_FILE)
+    with pytest.raises(DetectorLoadError) as refused:
+        write_published_manifests(folder)
+    assert not marker.exists()
+    assert "restricted mode" in str(refused.value)
+    assert not any((folder / m).exists() for m in MANIFESTS)
+
+
 def test_existing_manifests_are_kept_unless_forced(folder: Path) -> None:
     (folder / MANIFESTS[1]).write_text("# the operator's own\n")
     with pytest.raises(FileExistsError, match="classifiers.manifest.toml"):
