@@ -219,7 +219,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from pipeline.evaluate import evaluate, format_report, lesion_conf_sweep, load_csv_truth, load_phantom_truth
 
-    truths = load_csv_truth(args.truth) if args.truth.is_file() else load_phantom_truth(args.truth)
+    try:
+        truths = load_csv_truth(args.truth) if args.truth.is_file() else load_phantom_truth(args.truth)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"liver-node: ground truth not readable: {exc}", file=sys.stderr)
+        return 2
     if not truths:
         print(f"liver-node: no ground truth found in {args.truth}", file=sys.stderr)
         return 2

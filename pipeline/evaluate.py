@@ -79,11 +79,26 @@ def load_phantom_truth(folder: Path) -> dict[str, CaseTruth]:
     return truths
 
 
+NORMAL_NAMES = ("", "NONE", "NORMAL")  # a CSV row for a case with no lesion
+
+
 def load_csv_truth(path: Path) -> dict[str, CaseTruth]:
-    with open(path, newline="") as f:
-        return {row["study_instance_uid"]: CaseTruth(row["study_instance_uid"], row["class"] or None,
-                                                     not row["class"], {}, {})
-                for row in csv.DictReader(f)}
+    """``study_instance_uid,class`` rows; class is one of the six (any case) or empty / none / normal."""
+    truths = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"study_instance_uid", "class"} <= {n.strip() for n in reader.fieldnames}:
+            raise ValueError(f"{path.name}: the header must name study_instance_uid and class")
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            cls = row["class"].upper()
+            if cls not in NORMAL_NAMES and cls not in ALL_CLASSES:
+                raise ValueError(f"{path.name} line {line}: class {row['class']!r} is none of "
+                                 f"{', '.join(ALL_CLASSES)}, or empty / none / normal")
+            normal = cls in NORMAL_NAMES
+            truths[row["study_instance_uid"]] = CaseTruth(row["study_instance_uid"], None if normal else cls,
+                                                          normal, {}, {})
+    return truths
 
 
 def bootstrap(cases: np.ndarray, fn, rng: np.random.Generator, n: int = 1000) -> dict:
@@ -212,22 +227,28 @@ def detection_metrics(results: dict[str, dict], truths: dict[str, CaseTruth]) ->
 
 
 def _lesion_pairs(results: dict[str, dict], truths: dict[str, CaseTruth]) -> list[tuple[str, str, str, float]]:
-    """(case, true class, predicted class, p_malignant) for each true lesion found at IoU 0.1."""
+    """(case, true class, predicted class, p_malignant) for each true lesion found at IoU 0.1, paired one-to-one
+    with a predicted lesion as detection pairs them (one report cannot stand for two lesions), the best
+    overlapping report preferred."""
     pairs = []
     for uid, truth in truths.items():
         res = results.get(uid)
         if not res:
             continue
-        for lesion_id, true_cls in truth.lesion_classes.items():
-            best, best_iou = None, 0.1
-            for les in res["lesions"]:
-                for view in les["views"]:
-                    for b in view["boxes"]:
-                        for tid, tb in truth.boxes.get(_box_key(b), []):
-                            if tid == lesion_id and (v := box_iou(b["xyxy"], tb)) >= best_iou:
-                                best, best_iou = les, v
-            if best is not None:
-                pairs.append((uid, true_cls, best["class"], best["p_malignant"]))
+        lesions = res["lesions"]
+        overlap: dict[tuple[str, int], float] = {}  # (true lesion, report) -> best box IoU
+        for k, les in enumerate(lesions):
+            for b in (b for view in les["views"] for b in view["boxes"]):
+                for tid, tb in truth.boxes.get(_box_key(b), []):
+                    if (v := box_iou(b["xyxy"], tb)) >= 0.1:
+                        overlap[tid, k] = max(overlap.get((tid, k), 0.0), v)
+        edges = {tid: sorted((k for t, k in overlap if t == tid), key=lambda k, tid=tid: -overlap[tid, k])
+                 for tid in truth.lesion_classes}
+        matched = max_matching(edges)
+        for tid, true_cls in truth.lesion_classes.items():
+            if tid in matched:
+                les = lesions[matched[tid]]
+                pairs.append((uid, true_cls, les["class"], les["p_malignant"]))
     return pairs
 
 
@@ -361,8 +382,11 @@ def evaluate(results_dir: Path, truths: dict[str, CaseTruth]) -> dict:
         "detection": detection_metrics(results, truths) if any(t.boxes for t in truths.values()) else None,
         "lesion_classification": classification_metrics(_lesion_pairs(results, truths)),
         "case_classification": classification_metrics(case_rows),
+        # clean only when analysed: a refused study has no lesions either
         "normal_cases": {"n": len(normals),
-                         "with_no_lesion_found": sum(1 for u in normals if not results[u]["lesions"])},
+                         "with_no_lesion_found": sum(1 for u in normals
+                                                     if results[u].get("status") == "ok" and not results[u]["lesions"]),
+                         "not_analysed": sum(1 for u in normals if results[u].get("status") != "ok")},
     }
     return report
 
@@ -390,5 +414,6 @@ def format_report(report: dict) -> str:
             lines.append(f"  {group}: " + "  ".join(
                 f"{k}={v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for k, v in m[group].items()))
     n = report["normal_cases"]
-    lines.append(f"normal cases: {n['with_no_lesion_found']}/{n['n']} with no lesion found")
+    lines.append(f"normal cases: {n['with_no_lesion_found']}/{n['n']} with no lesion found"
+                 + (f" ({n['not_analysed']} not analysed)" if n.get("not_analysed") else ""))
     return "\n".join(lines)

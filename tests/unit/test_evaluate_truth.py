@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pipeline.evaluate import load_phantom_truth
 
 
@@ -91,3 +93,47 @@ def test_a_case_with_no_answer_counts_as_a_classification_error(tmp_path: Path) 
     case = report["case_classification"]
     assert case["n"] == 1 and case["no_answer"] == 1
     assert case["benign_malignant"]["accuracy"]["value"] == 0.0 and case["six_class"]["accuracy"]["value"] == 0.0
+
+
+def _write_result(folder: Path, result: dict) -> None:
+    (folder / result["study_instance_uid"]).mkdir(parents=True)
+    (folder / result["study_instance_uid"] / "result.json").write_text(json.dumps(result))
+
+
+def test_one_report_spanning_two_lesions_is_classified_against_one_of_them_only(tmp_path: Path) -> None:
+    """Classification pairs lesions one-to-one as detection does: n is the number of lesions found."""
+    from pipeline.evaluate import evaluate
+
+    truth = _truth_dir(tmp_path / "truth", [(1, [0, 0, 10, 10]), (2, [10, 0, 20, 10])], {1: "HCC", 2: "MET"}) \
+        if (tmp_path / "truth").mkdir() is None else None
+    wide = {**_lesion((0, 0, 20, 10)), "class": "HCC", "p_malignant": 0.9}  # IoU 0.5 with each
+    _write_result(tmp_path / "results", {"study_instance_uid": "1.2.3", "status": "ok", "lesions": [wide],
+                                         "case": {"class": "HCC", "p_malignant": 0.9}})
+    report = evaluate(tmp_path / "results", load_phantom_truth(truth))
+    assert report["detection"]["iou_0.1"]["lesion_recall"] == 0.5
+    assert report["lesion_classification"]["n"] == 1
+
+
+def test_a_normal_case_that_was_not_analysed_is_not_counted_clean(tmp_path: Path) -> None:
+    from pipeline.evaluate import evaluate, format_report, load_csv_truth
+
+    (tmp_path / "truth.csv").write_text("study_instance_uid,class\n1.1,\n1.2,normal\n")
+    _write_result(tmp_path / "results", {"study_instance_uid": "1.1", "status": "ok", "lesions": [], "case": None})
+    _write_result(tmp_path / "results", {"study_instance_uid": "1.2", "status": "not_analysed", "lesions": [],
+                                         "case": None})
+    report = evaluate(tmp_path / "results", load_csv_truth(tmp_path / "truth.csv"))
+    assert report["normal_cases"] == {"n": 2, "with_no_lesion_found": 1, "not_analysed": 1}
+    assert "1/2 with no lesion found (1 not analysed)" in format_report(report)
+
+
+def test_csv_truth_reads_a_spreadsheet_export_and_refuses_an_unknown_class(tmp_path: Path) -> None:
+    from pipeline.evaluate import load_csv_truth
+
+    path = tmp_path / "truth.csv"
+    path.write_bytes("\ufeffstudy_instance_uid,class\n1.1, hcc \n1.2,none\n1.3,NORMAL\n1.4,\n".encode("utf-8"))
+    truths = load_csv_truth(path)
+    assert truths["1.1"].case_class == "HCC" and not truths["1.1"].normal
+    assert all(truths[u].normal and truths[u].case_class is None for u in ("1.2", "1.3", "1.4"))
+    path.write_text("study_instance_uid,class\n1.1,adenoma\n")
+    with pytest.raises(ValueError, match="line 2: class 'adenoma'"):
+        load_csv_truth(path)
