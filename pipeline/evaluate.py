@@ -300,7 +300,9 @@ def at_lesion_conf(results: dict[str, dict], lesion_conf: float) -> dict[str, di
     A per-phase view (one 3D track) survives when its highest box confidence reaches
     ``lesion_conf``, and a lesion when any view survives: the detector's hysteresis applied
     afterwards, so one low-threshold run can be scored at several thresholds. Exact when the
-    run's own ``lesion_conf`` was at or below the lowest value swept.
+    run's own ``lesion_conf`` was at or below the lowest value swept, except for fragments the
+    analyzer joined (``merge_fragments``): a low-confidence fragment joined into a surviving view
+    keeps its boxes here, where a run at the higher bar would have dropped it before the join.
     """
     out = {}
     for uid, res in results.items():
