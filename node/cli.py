@@ -1,4 +1,4 @@
-"""The ``liver-node`` command: serve, worker, echo, send, status, phantom, published-weights.
+"""The ``liver-node`` command: serve, worker, echo, send, status, run, evaluate, deidentify, phantom, published-weights.
 
 Exit status: 0 success, 1 operation failed, 2 bad configuration or usage.
 """
@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--unknown-phase", choices=["run", "refuse"], default="run")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    p = sub.add_parser("deidentify", help="de-identified copies of CT studies and their result.json, for research")
+    p.add_argument("input", type=Path, help="a folder tree of DICOM files (e.g. the node's data_dir/studies)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True,
+                   help="secret key file, made owner-only on first use; the same key gives the same pseudonyms")
+    p.add_argument("--results", type=Path, help="results folder (`run --out`, or the node's data_dir/results)")
+    p.add_argument("--keep-descriptions", action="store_true",
+                   help="keep series/study descriptions and protocol names (free text: review them first)")
 
     p = sub.add_parser("evaluate", help="compare `run` results with ground truth (phantom labels or a CSV)")
     p.add_argument("results", type=Path, help="the --out folder of `liver-node run`")
@@ -184,6 +193,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_folder(analyzer, args.input, args.out)
 
 
+def cmd_deidentify(args: argparse.Namespace) -> int:
+    from pipeline.deidentify import DeidentifyError, Deidentifier, export, load_or_create_key
+
+    if not args.input.is_dir() or (args.results is not None and not args.results.is_dir()):
+        print("liver-node: input and --results must be folders", file=sys.stderr)
+        return 2
+    try:
+        deid = Deidentifier(load_or_create_key(args.key), keep_descriptions=args.keep_descriptions)
+        summary = export(args.input, args.out, deid, args.results)
+    except DeidentifyError as exc:
+        print(f"liver-node: {exc}", file=sys.stderr)
+        return 2
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(summary.skipped.items())) or "none"
+    print(f"wrote {summary.written} images and {summary.results} result.json to {args.out} (skipped: {skipped})")
+    return 0
+
+
 def cmd_published_weights(args: argparse.Namespace) -> int:
     import json
     import tomllib
@@ -266,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "evaluate":
         return cmd_evaluate(args)
+    if args.command == "deidentify":
+        return cmd_deidentify(args)
     if args.command == "published-weights":
         return cmd_published_weights(args)
     try:
