@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accuracy report of the shipped weights: a held-out phantom set (seed 9100, never used in
-# training: detector 1000, classifiers 2000/3000, tests 7xxx), 20 cases per lesion class plus 20
+# training: detector 1000, classifiers 2000/3000), 20 cases per lesion class plus 20
 # normal cases, AP+PVP (PHASES=PVP: one phase), 40 slices x 5 mm; then `liver-node run` and `liver-node evaluate`.
 #   bash tools/evaluate_holdout.sh /tmp/holdout [WEIGHTS_DIR]
 # JOBS=N analyses the class folders in N processes of one torch thread each (studies are independent).
@@ -20,6 +20,14 @@ seed=${SEED:-9100}  # SEED=8100: the validation set that picks thresholds; 9100:
 # p_lesion 0 scores both), then the shipped system once more; 9900: verifier 0.2.1's candidate score
 # beside the two bars (one run at p_lesion 0 scores both), then 0.2.1 as shipped; 9950: one-phase studies
 # (PHASES=PVP); 10000: candidate detector 0.6.0 (score refitted) beside the shipped system. Next fresh seed: 10100
+# A truth folder made with other settings would be reused silently below: refuse it.
+stamp="seed=$seed cases=$cases phases=${PHASES:-AP,PVP}"
+mkdir -p "$out/truth"
+if [ -s "$out/truth/.settings" ] && [ "$(cat "$out/truth/.settings")" != "$stamp" ]; then
+  echo "$out/truth was made with $(cat "$out/truth/.settings"), not $stamp: use another OUT_DIR" >&2
+  exit 2
+fi
+echo "$stamp" > "$out/truth/.settings"
 index=0
 for cls in HCC ICC MET FNH HEM CYST none; do
   if [ ! -d "$out/truth/$cls" ]; then
