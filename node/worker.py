@@ -212,11 +212,13 @@ class Worker:
                 result = self.runner.run_study(job.study_uid, series)
                 outcome["timings"] = result.timings_s
                 outcome["findings"] = result.findings()
-                folder = self.results_dir(job)
+                from pipeline.report.sr import uid_key
                 from pipeline.report.tracking import carry_tracking
 
+                folder = self.results_dir(job)
                 previous = earlier_report(folder, job.revision)
-                carry_tracking(result, previous / "result.json" if previous else None, job.revision)
+                carry_tracking(result, previous / "result.json" if previous else None, job.revision,
+                               uid_key(result.models, self.index.uid_salt()))
                 result.write(folder)
                 self._deliver(job, result, series, folder, previous)
                 if result.status != "ok":

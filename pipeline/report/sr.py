@@ -75,9 +75,11 @@ def device_uid(models: Sequence[ModelInfo]) -> str:
     return result_uid("device", models_key(models))
 
 
-def tracking_uid(study_uid: str, lesion_index: int) -> str:
-    """Kept by an amended SR: depends on the study and the lesion index only."""
-    return result_uid("tracking", study_uid, lesion_index)
+def tracking_uid(study_uid: str, lesion_index: int, key: str = "") -> str:
+    """A lesion's tracking UID where no earlier report names it (amended SRs carry it on:
+    pipeline.report.tracking). ``key`` (uid_key: the models and the data directory's salt) keeps another
+    model or node from giving its own lesion 1 the same UID; results from before it carry none."""
+    return result_uid("tracking", study_uid, lesion_index, *((key,) if key else ()))
 
 
 def algorithm_id(result: StudyResult, software_version: str) -> AlgorithmIdentification:
@@ -104,7 +106,7 @@ def _key_dataset(sop_uid: str, source: Mapping[str, Dataset]) -> Dataset:
 
 
 def _lesion_group(study_uid: str, r: LesionResult, source: Mapping[str, Dataset], table: CodeTable,
-                  alg: AlgorithmIdentification) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+                  alg: AlgorithmIdentification, key: str) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     les, d = r.lesion, r.decision
     view = les.primary
     ds = _key_dataset(view.key_sop_instance_uid, source)
@@ -129,7 +131,7 @@ def _lesion_group(study_uid: str, r: LesionResult, source: Mapping[str, Dataset]
     if r.p_lesion is not None:
         measurements.append(_probability(table.lesion_probability, r.p_lesion, table, alg))
     return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=r.tracking_uid or tracking_uid(study_uid, les.index),
+        tracking_identifier=TrackingIdentifier(uid=r.tracking_uid or tracking_uid(study_uid, les.index, key),
                                                identifier=f"Lesion {les.index}"),
         referenced_region=region,
         finding_type=table.finding(d.cls),
@@ -146,9 +148,9 @@ def _comment(group: MeasurementsAndQualitativeEvaluations, text: str) -> None:
                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
 
-def _case_group(result: StudyResult, table: CodeTable, alg: AlgorithmIdentification
+def _case_group(result: StudyResult, table: CodeTable, alg: AlgorithmIdentification, key: str
                 ) -> MeasurementsAndQualitativeEvaluations:
-    tid = TrackingIdentifier(uid=result_uid("tracking", result.study_instance_uid, "case"), identifier="Case")
+    tid = TrackingIdentifier(uid=result_uid("tracking", result.study_instance_uid, "case", key), identifier="Case")
     if result.status != "ok":
         group = MeasurementsAndQualitativeEvaluations(tracking_identifier=tid, algorithm_id=alg)
         _comment(group, f"Study not analysed: {result.reason or 'no reason given'}")
@@ -206,8 +208,9 @@ def build_sr(
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
             uid=dev_uid, name=ALGORITHM_NAME, manufacturer_name=manufacturer, model_name=ALGORITHM_NAME),
     )
-    groups: list = [_lesion_group(study_uid, r, source_datasets, table, alg) for r in result.lesions]
-    groups.append(_case_group(result, table, alg))
+    key = uid_key(result.models, uid_salt)
+    groups: list = [_lesion_group(study_uid, r, source_datasets, table, alg, key) for r in result.lesions]
+    groups.append(_case_group(result, table, alg, key))
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=table.procedure,

@@ -30,8 +30,10 @@ def _previous_lesions(path: Path | None, study_uid: str) -> list[dict]:
             for les in lesions if les.get("center_mm")]
 
 
-def carry_tracking(result: StudyResult, previous_result_json: Path | None, revision: int) -> StudyResult:
-    """``result`` with each lesion's tracking UID set (in place, and returned)."""
+def carry_tracking(result: StudyResult, previous_result_json: Path | None, revision: int,
+                   key: str = "") -> StudyResult:
+    """``result`` with each lesion's tracking UID set (in place, and returned); a new lesion's UID
+    derives from ``key`` too (pipeline.report.sr.uid_key), as the SR's other UIDs do."""
     study = result.study_instance_uid
     previous = _previous_lesions(previous_result_json, study)
     pairs = []
@@ -47,6 +49,6 @@ def carry_tracking(result: StudyResult, previous_result_json: Path | None, revis
             assigned[i] = previous[j]["tracking_uid"]
             used.add(j)
     result.lesions = [dataclasses.replace(r, tracking_uid=assigned.get(i) or (
-        tracking_uid(study, r.lesion.index) if revision <= 1 else
-        result_uid("tracking", study, revision, r.lesion.index))) for i, r in enumerate(result.lesions)]
+        tracking_uid(study, r.lesion.index, key) if revision <= 1 else
+        result_uid("tracking", study, revision, r.lesion.index, key))) for i, r in enumerate(result.lesions)]
     return result

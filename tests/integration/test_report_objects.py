@@ -258,6 +258,14 @@ def test_result_uids_carry_the_data_directory_salt(study, tmp_path):
     sr = build_result_objects(result, headers, slices, uid_salt=salts[0])[0]
     assert sr.StudyInstanceUID == result.study_instance_uid  # the study itself is the same
 
+    def tracking(salt):
+        sr = build_result_objects(result, headers, slices, uid_salt=salt)[0]
+        return [str(item.UID) for c in sr.ContentSequence for g in c.get("ContentSequence", [])
+                for item in g.get("ContentSequence", []) if item.ConceptNameCodeSequence[0].CodeValue == "112040"]
+
+    assert tracking(salts[0]) == tracking(salts[2]) and len(tracking(salts[0])) == 2  # lesion 1's, the case's
+    assert not set(tracking(salts[0])) & set(tracking(salts[1]))  # another node's findings are not the same ones
+
 
 def test_header_values_highdicom_cannot_parse_are_left_empty_not_fatal(study):
     result, headers, slices = study

@@ -43,6 +43,17 @@ def test_a_larger_lesion_found_later_does_not_take_the_others_uids(tmp_path):
     assert {r.tracking_uid for r in third.lesions} == {by_index[1], by_index[2]}
 
 
+def test_another_model_or_node_gives_its_lesions_other_tracking_uids_and_the_sr_agrees():
+    from pipeline.report.sr import uid_key
+    from pipeline.result import ModelInfo
+
+    models = [ModelInfo("det", "1", "a" * 64)]
+    keys = [uid_key(models, "salt-a"), uid_key(models, "salt-b"), uid_key([ModelInfo("det", "2", "b" * 64)], "salt-a")]
+    uids = [carry_tracking(_result([(100, 100, 30)]), None, revision=1, key=k).lesions[0].tracking_uid for k in keys]
+    assert len(set(uids)) == 3
+    assert uids[0] == tracking_uid(STUDY, 1, keys[0])  # what the SR writes for a lesion given no UID
+
+
 def test_an_amendment_follows_the_last_report_written_not_only_the_revision_before(tmp_path):
     from node.worker import earlier_report
 
