@@ -10,7 +10,8 @@ Confidentiality Profile) with the Retain Longitudinal Temporal Information Modif
   runs and ``result.json`` while the key is kept, not reversible without it;
 - the patient becomes ``LN-<HMAC of the Patient ID>`` (name and ID), with no birth date or sex;
 - dates are removed, and the times of day kept are shifted by one offset per study (from the key), so
-  the intervals between phases survive and the clock time does not;
+  the intervals between phases survive and the clock time does not; a date-time (Enhanced CT's frame
+  times) keeps its shifted time on a fixed date, 20000101;
 - only CT and Enhanced CT images are exported; one that declares burned-in annotation is skipped.
 
 Series descriptions can carry free text (a physician's name in a protocol label), so they are
@@ -36,7 +37,8 @@ CT_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT,
 KEPT = frozenset("""
     SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID
     FrameOfReferenceUID PositionReferenceIndicator Manufacturer ManufacturerModelName Modality SeriesNumber InstanceNumber AcquisitionNumber PatientPosition
-    BodyPartExamined StudyTime SeriesTime AcquisitionTime ContentTime
+    BodyPartExamined StudyTime SeriesTime AcquisitionTime ContentTime AcquisitionDateTime
+    FrameAcquisitionDateTime FrameReferenceDateTime
     ImagePositionPatient ImageOrientationPatient PixelSpacing SliceThickness SpacingBetweenSlices
     SliceLocation Rows Columns SamplesPerPixel PhotometricInterpretation BitsAllocated BitsStored
     HighBit PixelRepresentation PlanarConfiguration PixelData NumberOfFrames RescaleIntercept
@@ -52,10 +54,26 @@ KEPT = frozenset("""
     FrameContentSequence CTImageFrameTypeSequence FrameType FrameVOILUTSequence
     DimensionIndexValues StackID InStackPositionNumber TemporalPositionIndex
     CTAcquisitionDetailsSequence CTReconstructionSequence CTExposureSequence
-    ContrastBolusUsageSequence ContrastBolusAgentSequence CodeValue CodingSchemeDesignator CodeMeaning
+    ContrastBolusUsageSequence ContrastBolusAgentSequence ContrastAdministrationProfileSequence
+    ContrastBolusAgentNumber ContrastBolusAgentAdministered ContrastBolusAgentDetected ContrastBolusAgentPhase
+    CodeValue CodingSchemeDesignator CodeMeaning
+    PresentationLUTShape PixelPresentation VolumetricProperties VolumeBasedCalculationTechnique
+    ContentQualification DimensionOrganizationSequence DimensionOrganizationUID DimensionOrganizationType
+    DimensionIndexSequence DimensionIndexPointer FunctionalGroupPointer AcquisitionContextSequence
+    SoftwareVersions CTAcquisitionTypeSequence AcquisitionType TubeAngle ConstantVolumeFlag
+    FluoroscopyFlag CTGeometrySequence DistanceSourceToDetector DistanceSourceToDataCollectionCenter
+    CTPositionSequence TablePosition ReconstructionTargetCenterPatient DataCollectionCenterPatient
+    CTTableDynamicsSequence TableSpeed TableFeedPerRotation CTXRayDetailsSequence DataCollectionDiameter
+    FocalSpots FilterMaterial CalciumScoringMassFactorPatient CalciumScoringMassFactorDevice
+    EnergyWeightingFactor ExposureTimeInms XRayTubeCurrentInmA ExposureInmAs ExposureModulationType
+    ReconstructionAlgorithm ConvolutionKernelGroup ReconstructionFieldOfView ReconstructionPixelSpacing
+    ReconstructionAngle ImageFilter FrameAnatomySequence AnatomicRegionSequence FrameLaterality
+    IrradiationEventIdentificationSequence IrradiationEventUID ContrastBolusAdministrationRouteSequence
+    FrameAcquisitionDuration RevolutionTime SingleCollimationWidth TotalCollimationWidth
+    TableHeight GantryDetectorTilt ContrastBolusIngredientCodeSequence AcquisitionDuration
 """.split())
 DESCRIPTIONS = frozenset({"SeriesDescription", "ProtocolName", "StudyDescription"})
-TIME_VRS = ("TM",)
+PLACEHOLDER_DATE = "20000101"
 DAY_S = 86400
 
 
@@ -109,6 +127,8 @@ class Deidentifier:
         out.PatientName = out.PatientID.replace("-", "^", 1)  # family^given, as PN expects
         out.PatientBirthDate = out.PatientSex = ""
         out.StudyDate = out.SeriesDate = out.AccessionNumber = out.StudyID = out.ReferringPhysicianName = ""
+        if "PerFrameFunctionalGroupsSequence" in ds:  # Enhanced CT: Content Date is Type 1, serial number too
+            out.ContentDate, out.DeviceSerialNumber = PLACEHOLDER_DATE, "removed"
         out.PatientIdentityRemoved = "YES"
         out.DeidentificationMethod = "liver-node allow-list; dates removed, times shifted"  # LO: 64 at most
         out.DeidentificationMethodCodeSequence = DicomSequence([_code("113100", "Basic Application Confidentiality Profile"),
@@ -120,14 +140,17 @@ class Deidentifier:
     def _clean(self, ds: Dataset, shift: int) -> Dataset:
         out = Dataset()
         for elem in ds:
-            if elem.keyword not in self._kept or elem.VR in ("DA", "DT"):
+            if elem.keyword not in self._kept or elem.VR == "DA":
                 continue
             if elem.VR == "SQ":
                 out.add_new(elem.tag, "SQ", DicomSequence([self._clean(item, shift) for item in elem.value]))
             elif elem.VR == "UI":
                 out.add_new(elem.tag, "UI", self.uid(str(elem.value)) if elem.keyword != "SOPClassUID" else elem.value)
-            elif elem.VR in TIME_VRS:
+            elif elem.VR == "TM":
                 out.add_new(elem.tag, "TM", _shift_time(elem.value, shift))
+            elif elem.VR == "DT":  # YYYYMMDDHHMMSS.FFFFFF&ZZXX: the date and the zone go, the time is shifted
+                time = _shift_time(str(elem.value or "")[8:].split("+")[0].split("-")[0], shift)
+                out.add_new(elem.tag, "DT", f"{PLACEHOLDER_DATE}{time}" if time else "")
             else:
                 out.add_new(elem.tag, elem.VR, elem.value)
         return out

@@ -124,3 +124,21 @@ def test_an_output_inside_the_input_is_refused(source, capsys):
     root, original, _ = source
     assert main(["deidentify", str(original), "--out", str(original / "x"), "--key", str(root / "key")]) == 2
     assert "must not be inside" in capsys.readouterr().err
+
+
+def test_an_enhanced_ct_study_keeps_its_frame_times_shifted_and_its_phases(tmp_path):
+    opts = CaseOptions(phases=(ContrastPhase.NC, ContrastPhase.AP, ContrastPhase.PVP), n_slices=4,
+                       slice_thickness_mm=5.0, lesion_classes=(LesionClass.CYST,), max_lesions=1)
+    make_study(tmp_path / "in", 7461, 0, opts, WriteOptions(enhanced=True))
+    dates = {pydicom.dcmread(p, stop_before_pixels=True).get("AcquisitionDateTime", "")[:8]
+             for p in (tmp_path / "in").rglob("*.dcm")}
+    assert main(["deidentify", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--key", str(tmp_path / "k")]) == 0
+    for path in (tmp_path / "out").rglob("*.dcm"):
+        raw = path.read_bytes()
+        assert not [d for d in dates if d and d.encode() in raw]
+        if shutil.which("dciodvfy"):  # still a valid Enhanced CT image (its technical macros are kept)
+            proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+            assert not [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("Error")]
+    phases = [sorted(s.phase for s in study_inputs(next(iter(scan_studies(tmp_path / d).values())), PhaseRules()))
+              for d in ("in", "out")]
+    assert phases[0] == phases[1] == ["AP", "NC", "PVP"]
