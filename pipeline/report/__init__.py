@@ -33,12 +33,21 @@ def build_result_objects(
     (SOP Instance UID, frame number or None), as ``SeriesLesion.key_image`` names them."""
     objects: list[Dataset] = [build_sr(result, source_datasets, predecessor=predecessor_sr, revision=revision,
                                        uid_salt=uid_salt)]
-    if result.status != "ok" or not result.lesions:
-        return objects
+    if result.status == "ok" and result.lesions:
+        objects += _key_images(result, source_datasets, slices_u8_by_image, heatmaps or {}, revision, uid_salt)
+    if revision > 1:  # each revision is a new series with the same number: the PACS list tells them apart by this
+        for obj in objects:
+            obj.SeriesDescription = f"{obj.SeriesDescription}, rev {revision}"
+    return objects
+
+
+def _key_images(result: StudyResult, source_datasets: Mapping[str, Dataset],
+                slices_u8_by_image: Mapping[tuple[str, int | None], np.ndarray], heatmaps: Mapping[int, np.ndarray],
+                revision: int, uid_salt: str) -> list[Dataset]:
+    objects: list[Dataset] = []
     study = result.study_instance_uid
     mkey = uid_key(result.models, uid_salt)
     series_uid = result_uid("sc-series", study, revision, mkey)
-    heatmaps = heatmaps or {}
     number = 1
     for r in result.lesions:
         key, frame = image = r.lesion.primary.key_image

@@ -143,9 +143,12 @@ def test_same_inputs_same_uids_and_amendment_keeps_tracking(study, tmp_path):
     assert pred.ReferencedSOPInstanceUID == a[0].SOPInstanceUID
     track = lambda sr: [g.tracking_uid for g in _groups(hd.sr.Comprehensive3DSR.from_dataset(copy.deepcopy(sr)))]
     assert track(amended[0]) == track(a[0])
-    path = _write(amended[0], tmp_path / "amended.dcm")
-    if shutil.which("dciodvfy"):
-        _dciodvfy(path)
+    # the PACS lists both revisions under the same series numbers: the description tells them apart
+    assert [d.SeriesDescription for d in amended] == [f"{d.SeriesDescription}, rev 2" for d in a]
+    for i, obj in enumerate(amended):
+        path = _write(obj, tmp_path / f"amended{i}.dcm")
+        if shutil.which("dciodvfy"):
+            _dciodvfy(path)
 
 
 @pytest.mark.parametrize("status", ["no_lesion", "not_analysed"])
