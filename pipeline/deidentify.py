@@ -8,7 +8,7 @@ Confidentiality Profile) with the Retain Longitudinal Temporal Information Modif
 
 - every UID is replaced by ``2.25.<128 bits of HMAC-SHA256(key, uid)>``: consistent across files,
   runs and ``result.json`` while the key is kept, not reversible without it;
-- the patient becomes ``LN-<HMAC of the Patient ID>`` (name and ID), with no birth date or sex;
+- the patient becomes ``LN-<HMAC of the Patient ID>`` (``LN^...`` as the name), with no birth date or sex;
 - dates are removed, and the times of day kept are shifted by one offset per study (from the key), so
   the intervals between phases survive and the clock time does not; a date-time (Enhanced CT's frame
   times) keeps its shifted time on a fixed date, 20000101;
@@ -33,11 +33,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
+from .header_values import dt_time
+
 CT_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, Enhanced CT Image Storage
 KEPT = frozenset("""
     SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID
-    FrameOfReferenceUID PositionReferenceIndicator Manufacturer ManufacturerModelName Modality SeriesNumber InstanceNumber AcquisitionNumber PatientPosition
-    BodyPartExamined StudyTime SeriesTime AcquisitionTime ContentTime AcquisitionDateTime
+    FrameOfReferenceUID PositionReferenceIndicator Manufacturer ManufacturerModelName Modality SeriesNumber
+    InstanceNumber AcquisitionNumber PatientPosition BodyPartExamined StudyTime SeriesTime AcquisitionTime ContentTime AcquisitionDateTime
     FrameAcquisitionDateTime FrameReferenceDateTime
     ImagePositionPatient ImageOrientationPatient PixelSpacing SliceThickness SpacingBetweenSlices
     SliceLocation Rows Columns SamplesPerPixel PhotometricInterpretation BitsAllocated BitsStored
@@ -70,7 +72,7 @@ KEPT = frozenset("""
     ReconstructionAngle ImageFilter FrameAnatomySequence AnatomicRegionSequence FrameLaterality
     IrradiationEventIdentificationSequence IrradiationEventUID ContrastBolusAdministrationRouteSequence
     FrameAcquisitionDuration RevolutionTime SingleCollimationWidth TotalCollimationWidth
-    TableHeight GantryDetectorTilt ContrastBolusIngredientCodeSequence AcquisitionDuration
+    TableHeight ContrastBolusIngredientCodeSequence AcquisitionDuration
 """.split())
 DESCRIPTIONS = frozenset({"SeriesDescription", "ProtocolName", "StudyDescription"})
 PLACEHOLDER_DATE = "20000101"
@@ -131,10 +133,9 @@ class Deidentifier:
             out.ContentDate, out.DeviceSerialNumber = PLACEHOLDER_DATE, "removed"
         out.PatientIdentityRemoved = "YES"
         out.DeidentificationMethod = "liver-node allow-list; dates removed, times shifted"  # LO: 64 at most
-        out.DeidentificationMethodCodeSequence = DicomSequence([_code("113100", "Basic Application Confidentiality Profile"),
-                                                                _code("113107", "Retain Longitudinal Temporal Information Modified Dates Option")])
-        if "SpecificCharacterSet" in ds:
-            out.SpecificCharacterSet = ds.SpecificCharacterSet
+        out.DeidentificationMethodCodeSequence = DicomSequence([
+            _code("113100", "Basic Application Confidentiality Profile"),
+            _code("113107", "Retain Longitudinal Temporal Information Modified Dates Option")])
         return out
 
     def _clean(self, ds: Dataset, shift: int) -> Dataset:
@@ -148,8 +149,8 @@ class Deidentifier:
                 out.add_new(elem.tag, "UI", self.uid(str(elem.value)) if elem.keyword != "SOPClassUID" else elem.value)
             elif elem.VR == "TM":
                 out.add_new(elem.tag, "TM", _shift_time(elem.value, shift))
-            elif elem.VR == "DT":  # YYYYMMDDHHMMSS.FFFFFF&ZZXX: the date and the zone go, the time is shifted
-                time = _shift_time(str(elem.value or "")[8:].split("+")[0].split("-")[0], shift)
+            elif elem.VR == "DT":  # the date and the UTC offset go, the time is shifted
+                time = _shift_time(dt_time(elem.value), shift)
                 out.add_new(elem.tag, "DT", f"{PLACEHOLDER_DATE}{time}" if time else "")
             else:
                 out.add_new(elem.tag, elem.VR, elem.value)
@@ -223,8 +224,8 @@ def export(input_dir: Path, out_dir: Path, deid: Deidentifier, results_dir: Path
             clean.file_meta = _file_meta(ds, clean)
             clean.save_as(folder / f"{clean.SOPInstanceUID}.dcm", enforce_file_format=True)
             summary.written += 1
-        for path in newest_results(results_dir) if results_dir else ():
-            data = deid.result(json.loads(path.read_text()))
+        for found in newest_results(results_dir) if results_dir else ():
+            data = deid.result(found)
             folder = out_dir / data["study_instance_uid"]
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "result.json").write_text(json.dumps(data, indent=2))
@@ -234,19 +235,20 @@ def export(input_dir: Path, out_dir: Path, deid: Deidentifier, results_dir: Path
     return summary
 
 
-def newest_results(results_dir: Path) -> list[Path]:
-    """One ``result.json`` per study: the newest revision where the node keeps several (``rev-N``)."""
-    newest: dict[str, tuple[int, Path]] = {}
+def newest_results(results_dir: Path) -> list[dict]:
+    """One ``result.json`` per study, read: the newest revision where the node keeps several (``rev-N``)."""
+    newest: dict[str, tuple[int, str, dict]] = {}
     for path in results_dir.rglob("result.json"):
         try:
-            study = str(json.loads(path.read_text())["study_instance_uid"])
+            data = json.loads(path.read_text())
+            study = str(data["study_instance_uid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         name = path.parent.name
         revision = int(name[4:]) if name.startswith("rev-") and name[4:].isdigit() else 0
         if study not in newest or revision > newest[study][0]:
-            newest[study] = (revision, path)
-    return [path for _, path in sorted(newest.values(), key=lambda rp: str(rp[1]))]
+            newest[study] = (revision, str(path), data)
+    return [data for _, _, data in sorted(newest.values(), key=lambda found: found[1])]
 
 
 def _file_meta(source: Dataset, clean: Dataset) -> FileMetaDataset:

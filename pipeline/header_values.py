@@ -33,7 +33,8 @@ def functional_group(ds, name: str, frame_index: int = 0):
     return next((item for group in groups if group is not None and (item := _first(group, name)) is not None), None)
 
 
-def _dt_time(value) -> str | None:
+def dt_time(value) -> str | None:
+    """The TM part of a DT value (date and UTC offset dropped); None if it is not a date-time."""
     m = _DT_TIME.match(str(value or ""))
     return m.group(1) if m else None
 
@@ -59,12 +60,12 @@ def acquisition_time(ds) -> str | None:
     """Acquisition Time; for Enhanced CT the time of Acquisition DateTime, else of its earliest frame."""
     if (text := _text(ds.get("AcquisitionTime"))) is not None:
         return text
-    if (text := _dt_time(ds.get("AcquisitionDateTime"))) is not None:
+    if (text := dt_time(ds.get("AcquisitionDateTime"))) is not None:
         return text
     earliest = None
     for frame in ds.get("PerFrameFunctionalGroupsSequence") or []:
         content = _first(frame, "FrameContentSequence")
-        t = _dt_time(content.get("FrameAcquisitionDateTime")) if content is not None else None
+        t = dt_time(content.get("FrameAcquisitionDateTime")) if content is not None else None
         if t is not None and (earliest is None or tm_before(t, earliest)):
             earliest = t
     return earliest

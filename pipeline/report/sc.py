@@ -151,8 +151,8 @@ def _sc(pixels: np.ndarray, ref: Dataset, series_uid: str, series_number: int, s
         src.ReferencedFrameNumber = frame
     sc.SourceImageSequence = DicomSequence([src])
     sc.ImageComments = f"{description}. {MARK}."[:10240]
-    sc.DerivationDescription = ("Key slice, W400/L40, with AI results" + (" and class-activation heatmap" if heatmap else "")
-                                + " burned in")
+    drawn = "AI results and class-activation heatmap" if heatmap else "AI results"
+    sc.DerivationDescription = f"Key slice, W400/L40, with {drawn} burned in"
     return sc
 
 
